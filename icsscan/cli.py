@@ -1,0 +1,269 @@
+"""The `icsscan` command: a thin Typer layer over the library (split, train, export, scan).
+
+Exit codes: 0 = done (unreadable images are listed, not fatal); 1 = anomalies found and --fail-on-anomaly;
+2 = usage error (missing folder, no images, bad flag values); 3 = model missing, invalid or incompatible;
+4 = unexpected internal error; 130 = interrupted. Errors are one line on stderr; --debug shows tracebacks.
+Torch is imported only by split/train/export, so `scan` starts fast and runs without it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import IcsscanError, UsageError
+
+EXIT_CODES = """Exit codes: 0 done (unreadable files are listed, not fatal) · 1 anomalies found with --fail-on-anomaly ·
+2 usage error (missing folder, no images, bad flag) · 3 model missing/invalid/incompatible · 4 internal error ·
+130 interrupted."""
+
+app = typer.Typer(name="icsscan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Learn what normal images look like from a folder of good ones, then rank new images by "
+                       "how abnormal they look (deep one-class classification with intra-class splitting).\n\n"
+                       + EXIT_CODES)
+STATE = {"debug": False}
+
+# --- options shared by several verbs (defined once) ---------------------------------------------------------
+Seed = Annotated[int, typer.Option(help="Random seed (same seed + CPU → identical results).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+Rho = Annotated[float, typer.Option(help="Fraction of normal images called atypical, 0 < rho < 0.5.")]
+ImageSize = Annotated[int, typer.Option("--image-size", help="Side in pixels images are resized to; 0 = "
+                                        "automatic (the training images' usual size, capped at 64).")]
+Channels = Annotated[int, typer.Option(help="1 (grey) or 3 (RGB); 0 = automatic (1 when all images are grey).")]
+Workers = Annotated[int, typer.Option(help="Threads that decode images in parallel.")]
+Force = Annotated[bool, typer.Option("--force", help="Write into --out even if it holds something else.")]
+
+
+def fail(exc: BaseException) -> None:
+    """Print one line and exit with the documented code (or re-raise with --debug)."""
+    if STATE["debug"]:
+        raise exc
+    if isinstance(exc, IcsscanError):
+        typer.echo(f"icsscan: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code)
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    typer.echo(f"icsscan: internal error: {type(exc).__name__}: {reason} (rerun with --debug for details)", err=True)
+    raise typer.Exit(4)
+
+
+@contextmanager
+def errors_as_exit_codes():
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # SIGTERM (docker stop, CI cancel) behaves like Ctrl-C: clean up, then exit
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not in the main thread (e.g. inside a test runner thread)
+        pass
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("icsscan: interrupted", err=True)
+        raise typer.Exit(130)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
+        fail(exc)
+    finally:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except (ValueError, TypeError):
+            pass
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"icsscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    STATE["debug"] = debug
+
+
+def check_out_dir(out: Path, marker: str, force: bool) -> None:
+    """Refuse to write into a non-empty folder that is not one of ours (unless --force)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists() and not force:
+        raise UsageError(f"--out {out}: folder is not empty and is not an icsscan output; choose another or add --force")
+
+
+def make_detector(preset: str, **kwargs):
+    from .detector import ICSDetector
+    from .progress import training_progress
+
+    det = ICSDetector(preset=preset, verbose=True, **kwargs)
+    return det, training_progress
+
+
+@app.command()
+def split(
+    folder: Annotated[Path, typer.Argument(help="Folder of normal images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("icsscan-split"),
+    rho: Rho = 0.1,
+    image_size: ImageSize = 0,
+    channels: Channels = 0,
+    epochs: Annotated[int, typer.Option(help="Autoencoder epochs (default: the preset's).")] = 0,
+    preset: Annotated[str, typer.Option(help="default or paper.")] = "default",
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = 4,
+    force: Force = False,
+) -> None:
+    """Split normal images into typical and atypical by autoencoder SSIM; write split.csv and a preview."""
+    with errors_as_exit_codes():
+        from .config import preset_config
+
+        check_out_dir(out, "split.csv", force)
+        cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
+                            workers=workers, ae_epochs=epochs or None)
+        det, progress = make_detector(preset, config=cfg)
+        with progress(det):
+            det.fit_split(folder)
+        det.save_split(out)
+        n_atyp = int(det.split_["atypical"].sum())
+        typer.echo(f"split: {len(det.split_['paths'])} images → {n_atyp} atypical, "
+                   f"{len(det.split_['paths']) - n_atyp} typical; wrote {out / 'split.csv'} and "
+                   f"{out / 'split_preview.png'}" + (f"; {len(det.failures_)} unreadable files skipped" if det.failures_ else ""))
+
+
+@app.command()
+def train(
+    folder: Annotated[Path, typer.Argument(help="Folder of normal (good) images, searched recursively.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model bundle folder.")] = Path("icsscan-model"),
+    split_csv: Annotated[Optional[Path], typer.Option("--split", help="Reuse a split.csv from `icsscan split`.")] = None,
+    preset: Annotated[str, typer.Option(help="default (fast, icsscan's recipe) or paper (the paper's settings).")] = "default",
+    iterations: Annotated[int, typer.Option(help="ICS training iterations (default: the preset's).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Batch size B.")] = 64,
+    rho: Rho = 0.1,
+    image_size: ImageSize = 0,
+    channels: Channels = 0,
+    calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
+                                                        "to calibrate thresholds.")] = 0.1,
+    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim or ics+ssim (default: the preset's).")] = "",
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = 4,
+    force: Force = False,
+) -> None:
+    """Train an ICS model on normal images and write the model bundle (weights, config, split, log, ONNX)."""
+    with errors_as_exit_codes():
+        from .config import preset_config
+
+        check_out_dir(out, "config.json", force)
+        cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
+                            workers=workers, batch_size=batch_size, iterations=iterations or None,
+                            calibration_fraction=calibration_fraction, score=score or None)
+        det, progress = make_detector(preset, config=cfg)
+        with progress(det):
+            det.fit(folder, split=split_csv)
+        from .plots import save_loss_curve
+
+        det.save(out, extra_files={"loss_curve.png": lambda p: save_loss_curve(det.train_log_, p)})
+        cal = det.calibration_scores_
+        rate = f"{(cal >= 0.5).mean():.1%}" if len(cal) else "unknown (no calibration)"
+        typer.echo(f"train: model bundle written to {out} ({det.n_train_} training + {det.n_calibration_} calibration "
+                   f"images, {det.timings_['total_s']:.1f} s). At --threshold 0.5, {rate} of held-out normal "
+                   f"images are flagged; use `icsscan scan DIR --model {out} --false-alarm-rate 0.01` for a 1% rate.")
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Model bundle folder written by `icsscan train`.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file (default MODEL_DIR/model.onnx).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+) -> None:
+    """Export the bundle's scorer to ONNX (raw score, dynamic batch) and check parity with PyTorch."""
+    with errors_as_exit_codes():
+        from .detector import ICSDetector
+        from .export import export_onnx
+
+        if opset < 11:
+            raise UsageError(f"--opset {opset}: icsscan needs opset ≥ 11")
+        det = ICSDetector.load(model_dir, device="cpu")
+        target = output or (model_dir / "model.onnx")
+        diff = export_onnx(det, target, opset=opset)
+        typer.echo(f"export: wrote {target} (opset {opset}); onnx.checker passed; "
+                   f"max |onnx - pytorch| = {diff:.2e} on real images (limit 1e-4)")
+
+
+@app.command(epilog=EXIT_CODES)
+def scan(
+    folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder or .onnx file.")] = Path("icsscan-model"),
+    threshold: Annotated[Optional[float], typer.Option(help="Raw anomaly-score threshold in [0, 1] (model default 0.5).")] = None,
+    false_alarm_rate: Annotated[Optional[float], typer.Option(help="Set the threshold so that about this fraction of "
+                                                              "normal images is flagged (e.g. 0.01).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("icsscan-report"),
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
+    workers: Workers = 4,
+    fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit 1 when any image is flagged.")] = False,
+    copy_flagged: Annotated[bool, typer.Option("--copy-flagged", help="Copy flagged images into REPORT/anomalous/.")] = False,
+    formats: Annotated[str, typer.Option("--format", help="Comma list of csv, json, junit (csv and json always).")] = "csv,json",
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Score every image under FOLDER and write a ranked report (scores.csv, summary.json, report.html)."""
+    with errors_as_exit_codes():
+        from .progress import scan_progress
+        from .report import MARKER, prepare_out_dir, write_report
+        from .scan import load_model, scan_folder
+
+        wanted = {f.strip().lower() for f in formats.split(",") if f.strip()}
+        unknown = wanted - {"csv", "json", "junit"}
+        if unknown:
+            raise UsageError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; use csv, json, junit")
+        if not folder.exists():
+            raise UsageError(f"{folder}: no such file or folder")
+        loaded_model = load_model(model, device=device)
+        check_out_dir(out, MARKER, force)
+        with scan_progress() as on_progress:
+            result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress)
+        report_dir = prepare_out_dir(out, force=True)
+        summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
+        print_summary(summary, report_dir)
+        if result.interrupted:
+            typer.echo(f"icsscan: interrupted; partial report ({len(result.rows)} of {result.n_files} files) "
+                       f"in {report_dir}, marked incomplete", err=True)
+            raise typer.Exit(130)
+        if fail_on_anomaly and result.anomalies:
+            raise typer.Exit(1)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = summary["counts"]
+    table = Table(title="icsscan scan", show_header=False)
+    table.add_row("images", str(c["files"]))
+    table.add_row("scored", str(c["scored"]))
+    table.add_row("unreadable", str(c["unreadable"]))
+    table.add_row("anomalies", str(c["anomalies"]))
+    table.add_row("threshold", summary["threshold"]["meaning"])
+    table.add_row("speed", f"{summary['timings']['images_per_s']} images/s")
+    table.add_row("report", str(out))
+    Console(soft_wrap=False, width=max(100, min(160, os.get_terminal_size().columns if sys.stdout.isatty() else 120))).print(table)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,87 @@
+"""All training knobs in one dataclass, and the two presets (`paper`, `default`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+SCORES = ("ics", "ssim", "ics+ssim")
+
+
+@dataclass(frozen=True)
+class ICSConfig:
+    preset: str = "default"
+    # data
+    image_size: int = 0            # 0 = automatic: the training images' usual size, capped at 64 px
+    channels: int = 0              # 0 = automatic: 1 if every training image is grey, else 3
+    # split (autoencoder + SSIM)
+    rho: float = 0.1
+    ae_width: int = 32
+    ae_code_dim: int = 64
+    ae_epochs: int = 15
+    ae_lr: float = 2e-3
+    ae_batch_size: int = 64
+    # ICS classifier
+    backbone: str = "small"
+    width: int = 16
+    hidden_dim: int = 256
+    latent_dim: int = 128
+    iterations: int = 400
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta1: float = 0.5
+    l2: float = 1e-6
+    # scoring
+    score: str = "ics+ssim"         # what the exported model outputs; see README "Scores"
+    calibration_fraction: float = 0.1
+    # run
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 4
+    log_every: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ICSConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_overrides(self, **overrides: Any) -> "ICSConfig":
+        """A copy with every non-None override applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> None:
+        if not 0 < self.rho < 0.5:
+            raise ValueError(f"rho must satisfy 0 < rho < 0.5, got {self.rho}")
+        if not 0 <= self.calibration_fraction < 0.5:
+            raise ValueError(f"calibration_fraction must be in [0, 0.5), got {self.calibration_fraction}")
+        if self.image_size and self.image_size < 8:
+            raise ValueError(f"image_size must be ≥ 8, got {self.image_size}")
+        if self.channels not in (0, 1, 3):
+            raise ValueError(f"channels must be 1 or 3 (or 0 for automatic), got {self.channels}")
+        if self.iterations < 1 or self.batch_size < 2:
+            raise ValueError("iterations must be ≥ 1 and batch_size ≥ 2")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+PRESETS: dict[str, ICSConfig] = {
+    # icsscan's own recipe: a narrow CNN, few iterations, and the split autoencoder's SSIM folded into the
+    # score. Fast on a laptop CPU; see benchmarks/results for the ablation behind each choice.
+    "default": ICSConfig(),
+    # The paper's text (Schlachter et al. 2019): AlexNet-like backbone, 10,000 iterations, batch 64,
+    # L2 1e-6 on conv weights, Adam(3e-4, beta1 0.5) as in the authors' code, raw ICS output as score.
+    "paper": ICSConfig(
+        preset="paper", backbone="alexnet", width=64, hidden_dim=512, latent_dim=256, iterations=10_000,
+        lr=3e-4, beta1=0.5, l2=1e-6, ae_epochs=30, ae_lr=1e-3, score="ics", log_every=100,
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ICSConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].with_overrides(**overrides)

@@ -1,0 +1,235 @@
+"""Find image files in folders and decode them into fixed-size uint8 arrays.
+
+This module imports only Pillow and NumPy (never torch) because `scan` uses it too and must start fast.
+Every decode either returns an array or raises `DecodeError` with a one-line reason; callers decide
+whether a failure is skipped (train) or reported as a row (scan).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; larger declared sizes are treated as decompression bombs
+GREY_TOLERANCE = 3  # max |R-G|, |G-B| (of 255) for an RGB image to count as grey (JPEG chroma noise)
+
+# Truncated files must fail loudly, never decode as half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# We check the declared size ourselves (see decode_image); keep Pillow's own guard as a second line.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+
+
+class DecodeError(Exception):
+    """An image file could not be turned into an array; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """All image files below `root` (or `root` itself if it is a file), sorted, symlink loops avoided.
+
+    Directories are visited once each by their resolved path, so a symlink pointing back up the tree is
+    not followed twice. Names are sorted by their relative POSIX path so the order is the same on every OS.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root] if is_image_file(root) else []
+    found: list[Path] = []
+    seen_dirs: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            real = os.path.realpath(folder)
+            if real in seen_dirs:
+                continue
+            seen_dirs.add(real)
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable folder: nothing to list (permissions, vanished while walking)
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True) and is_image_file(Path(entry.name)):
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Bring 16-bit and float single-channel images into 8-bit 'L' by scaling, not clipping."""
+    if img.mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+    else:
+        return img
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent images onto white so transparent pixels have a defined value."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def decode_image(path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one file into an RGB uint8 array of shape (size, size, 3).
+
+    EXIF orientation is applied; multi-frame files (GIF, TIFF) use their first frame; every Pillow mode
+    is mapped to RGB. The image is resized (squashed, not cropped) with a bilinear filter, the same way
+    for training and scanning. Raises DecodeError with a short reason on any failure.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/metadata chatter; real problems raise below
+            with Image.open(path) as img:
+                width, height = img.size
+                if width < 1 or height < 1:
+                    raise DecodeError(f"empty image ({width}x{height})")
+                if width * height > max_pixels:
+                    raise DecodeError(
+                        f"image too large ({width}x{height} px > {max_pixels} px limit; possible decompression bomb)"
+                    )
+                if img.format == "JPEG":
+                    img.draft("RGB", (size, size))  # let libjpeg decode at reduced scale: much faster
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _flatten_alpha(_to_8bit(img))
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"image too large (possible decompression bomb): {exc}") from None
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except IsADirectoryError:
+        raise DecodeError("is a directory, not a file") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not a recognised image format (corrupt or not an image)") from None
+    except Exception as exc:  # noqa: BLE001 - hostile files raise anything; each becomes a reported row
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            text = f"truncated or incomplete file ({text})"
+        raise DecodeError(f"cannot decode: {text}") from None
+
+
+def is_grey(arr: np.ndarray) -> bool:
+    """True when an RGB uint8 array carries no colour (all channels equal up to JPEG noise)."""
+    a = arr.astype(np.int16)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= GREY_TOLERANCE and np.abs(a[..., 1] - a[..., 2]).max() <= GREY_TOLERANCE)
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """(…, H, W, 3) uint8 → (…, channels, H, W) float32 in [0, 1]; 1 channel uses ITU-R 601 luma like Pillow."""
+    x = rgb.astype(np.float32) / 255.0
+    if channels == 1:
+        x = (x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114)[..., None]
+    return np.moveaxis(x, -1, -3).copy()
+
+
+def decode_many(
+    paths: Sequence[str | os.PathLike], size: int, workers: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Decode paths in parallel threads; yields (index, array or None, error or None) in input order.
+
+    Pillow releases the GIL while decoding and resizing, so threads give real parallelism without the
+    start-up cost and platform trouble (Windows spawn) of worker processes.
+    """
+
+    def work(i: int):
+        try:
+            return i, decode_image(paths[i], size, max_pixels), None
+        except DecodeError as exc:
+            return i, None, str(exc)
+
+    if workers <= 1:
+        for i in range(len(paths)):
+            yield work(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(work, range(len(paths)))
+
+
+@dataclass
+class LoadedImages:
+    """Decoded images of a folder: arrays (N, size, size, 3) uint8, the paths they came from, and failures."""
+
+    images: np.ndarray
+    paths: list[str]
+    failures: list[Failure]
+
+
+def load_images(
+    paths: Iterable[str | os.PathLike], size: int, workers: int = 4, on_failure=None, progress=None
+) -> LoadedImages:
+    """Decode every path; failures are collected (and passed to `on_failure`) instead of stopping the load."""
+    paths = [str(p) for p in paths]
+    arrays: list[np.ndarray] = []
+    kept: list[str] = []
+    failures: list[Failure] = []
+    for i, arr, err in decode_many(paths, size, workers):
+        if arr is None:
+            failure = Failure(paths[i], err or "unknown error")
+            failures.append(failure)
+            if on_failure:
+                on_failure(failure)
+        else:
+            arrays.append(arr)
+            kept.append(paths[i])
+        if progress:
+            progress(1)
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    return LoadedImages(images, kept, failures)
+
+
+def typical_size(paths: Sequence[str | os.PathLike], cap: int = 64, sample: int = 200) -> int:
+    """The automatic --image-size: the larger side of the most common image size (of a sample), capped.
+
+    Reading only headers makes this cheap. Small images (MNIST's 28, CIFAR's 32) keep their native size;
+    photos are reduced to `cap` so training stays fast on a CPU.
+    """
+    from collections import Counter
+
+    sizes: Counter[int] = Counter()
+    step = max(1, len(paths) // sample)
+    for p in list(paths)[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                sizes[max(img.size)] += 1
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the real decode later
+            continue
+    if not sizes:
+        return cap
+    side = sizes.most_common(1)[0][0]
+    return int(max(8, min(cap, side)))

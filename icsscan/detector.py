@@ -1,0 +1,587 @@
+"""`ICSDetector`: the library API (scikit-learn / PyOD style) over data → split → train → score.
+
+    det = ICSDetector(preset="default", seed=0).fit("good/")
+    det.score_samples("incoming/")      # anomaly scores in [0, 1]
+    det.predict("incoming/", threshold=0.5)
+    det.save("icsscan-model"); ICSDetector.load("icsscan-model")
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data
+from .config import ICSConfig, preset_config
+from .errors import ModelError, NotFittedError, UsageError
+from .models import ConvAutoencoder, ICSClassifier
+from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
+from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
+from .train import train_ics
+
+MIN_IMAGES = 20
+BUNDLE_FILES = ("config.json", "classifier.pt", "autoencoder.pt", "calibration.json")
+BUNDLE_FORMAT = 1
+PARITY_SAMPLES = 16
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use auto or cpu)")
+    return torch.device(name)
+
+
+class AnomalyScorer(nn.Module):
+    """What `scan` computes (and what is exported to ONNX): pixels in [0, 1] → anomaly score in [0, 1].
+
+    kind = "ics": the classifier's sigmoid, as in the paper.
+    kind = "ssim": (1 − SSIM(x, AE(x))) / 2 from the split autoencoder.
+    kind = "ics+ssim": both, each standardised by its median and spread on held-out normal images, averaged,
+    then shifted so that 0.5 sits where the raw ICS output puts it by construction — at the (1 − ρ) quantile
+    of normal images. A signed log compresses far-out values so that strong anomalies stay ranked instead of all
+    saturating at 1.0.
+    """
+
+    def __init__(self, classifier: ICSClassifier, autoencoder: ConvAutoencoder, kind: str,
+                 fusion: dict[str, float] | None = None):
+        super().__init__()
+        self.classifier, self.autoencoder, self.kind = classifier, autoencoder, kind
+        fusion = fusion or {}
+        for name in ("ics_center", "ics_scale", "ssim_center", "ssim_scale", "offset"):
+            default = 1.0 if name.endswith("scale") else 0.0
+            self.register_buffer(name, torch.tensor(float(fusion.get(name, default))))
+        channels, size = classifier.normalize.mean.shape[1], autoencoder.sizes[0]
+        self.register_buffer("ssim_win", gaussian_window(channels, size), persistent=False)
+
+    def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ICS logit, SSIM error 1 − SSIM) per image."""
+        return self.classifier(x), 1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)
+
+    def fused_z(self, ics_logit: torch.Tensor, ssim_err: torch.Tensor) -> torch.Tensor:
+        z_ics = (ics_logit - self.ics_center) / self.ics_scale
+        z_ssim = (ssim_err - self.ssim_center) / self.ssim_scale
+        return signed_log1p((z_ics + z_ssim) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ics":
+            return torch.sigmoid(self.classifier(x))
+        if self.kind == "ssim":
+            return ((1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)) / 2).clamp(0, 1)
+        ics_logit, ssim_err = self.components(x)
+        return torch.sigmoid(self.fused_z(ics_logit, ssim_err) - self.offset)
+
+
+def signed_log1p(z: torch.Tensor) -> torch.Tensor:
+    """sign(z)·log(1 + |z|): identity-like near 0, logarithmic far out (keeps strong anomalies ranked)."""
+    return torch.sign(z) * torch.log1p(torch.abs(z))
+
+
+def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
+    """Median and IQR/1.349 (the normal-consistent spread); never zero."""
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(q50), float(max((q75 - q25) / 1.349, 1e-6))
+
+
+def percentile_of(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
+    """Fraction of calibration normals scoring strictly lower: the image's place among normal images."""
+    if len(calibration_sorted) == 0:
+        return np.full(len(scores), np.nan)
+    return np.searchsorted(calibration_sorted, scores, side="left") / len(calibration_sorted)
+
+
+class ICSDetector:
+    """Deep one-class classifier trained by intra-class splitting (Schlachter, Liao, Yang 2019).
+
+    Parameters (all optional; None takes the preset's value)
+    ----------
+    preset : "default" | "paper"
+        icsscan's fast recipe, or the paper's settings.
+    image_size : int, 0 = automatic (the training images' usual size, capped at 64 px).
+    channels : 1, 3, or 0 = automatic (1 when every training image is grey).
+    rho : float, fraction of normal images called atypical (0 < rho < 0.5). Default 0.1.
+    iterations, batch_size, seed, device ("auto"|"cpu"|"cuda"), calibration_fraction, score, workers:
+        see `ICSConfig`.
+    config : ICSConfig, a full configuration; the other arguments override it.
+    verbose : bool, print progress lines to stderr.
+
+    Attributes after `fit`
+    ----------------------
+    config_, image_size_, channels_, classifier_, autoencoder_, scorer_, split_ (dict), calibration_scores_
+    (sorted scores of held-out normals), decision_scores_ (training images), threshold_ (0.5 raw score),
+    train_log_, failures_, timings_.
+    """
+
+    def __init__(self, preset: str = "default", image_size: int | None = None, channels: int | None = None,
+                 rho: float | None = None, iterations: int | None = None, batch_size: int | None = None,
+                 seed: int | None = None, device: str | None = None, calibration_fraction: float | None = None,
+                 score: str | None = None, workers: int | None = None, config: ICSConfig | None = None,
+                 verbose: bool = False):
+        self.preset = preset
+        self.image_size = image_size
+        self.channels = channels
+        self.rho = rho
+        self.iterations = iterations
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.calibration_fraction = calibration_fraction
+        self.score = score
+        self.workers = workers
+        self.config = config
+        self.verbose = verbose
+        self.progress: Callable[..., None] | None = None  # hook(stage, completed, total, info) for the CLI
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _resolved_config(self) -> ICSConfig:
+        base = self.config or preset_config(self.preset)
+        cfg = base.with_overrides(image_size=self.image_size, channels=self.channels, rho=self.rho,
+                                  iterations=self.iterations, batch_size=self.batch_size, seed=self.seed,
+                                  device=self.device, calibration_fraction=self.calibration_fraction,
+                                  score=self.score, workers=self.workers)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return cfg
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(message, file=sys.stderr, flush=True)
+
+    def _tick(self, stage: str, completed: int, total: int, **info: Any) -> None:
+        if self.progress:
+            self.progress(stage, completed, total, info)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "scorer_"):
+            raise NotFittedError("this ICSDetector is not fitted yet: call fit() or ICSDetector.load() first")
+
+    # ----------------------------------------------------------------------------------------- input
+    def _read(self, X: Any, size: int, warn: bool) -> data.LoadedImages:
+        """Folder, file list or array → RGB uint8 (N, size, size, 3), with the list of unreadable files."""
+        if isinstance(X, np.ndarray):
+            return data.LoadedImages(array_to_rgb(X, size), [f"array[{i}]" for i in range(len(X))], [])
+        paths = list_inputs(X)
+        on_failure = (lambda f: print(f"warning: skipped {f.path}: {f.reason}", file=sys.stderr)) if warn else None
+        total = len(paths)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            self._tick("decode", done[0], total)
+
+        workers = self.workers if self.workers is not None else preset_config(self.preset).workers
+        return data.load_images(paths, size, workers=workers, on_failure=on_failure, progress=advance)
+
+    def _tensor(self, rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(data.to_channels(rgb, self.channels_)).to(device)
+
+    # ----------------------------------------------------------------------------------------- fit
+    def _load_for_fit(self, X: Any) -> tuple[ICSConfig, data.LoadedImages, torch.device, dict]:
+        """Resolve the config, decode the training images, choose size and channels."""
+        t = time.perf_counter()
+        cfg = self._resolved_config()
+        device = resolve_device(cfg.device)
+        if isinstance(X, np.ndarray):
+            size = cfg.image_size or int(min(64, max(X.shape[1], X.shape[2] if X.ndim > 2 else 1)))
+        else:
+            paths = list_inputs(X)
+            if not paths:
+                raise UsageError(f"{X}: no image files found ({', '.join(data.IMAGE_EXTENSIONS)}, any letter case)")
+            size = cfg.image_size or data.typical_size(paths)
+        loaded = self._read(X, size, warn=True)
+        if len(loaded.images) < MIN_IMAGES:
+            raise UsageError(f"{X}: only {len(loaded.images)} readable images ({len(loaded.failures)} unreadable); "
+                             f"icsscan needs at least {MIN_IMAGES} normal images to learn from")
+        channels = cfg.channels or (1 if all(data.is_grey(a) for a in loaded.images) else 3)
+        cfg = cfg.with_overrides(image_size=size, channels=channels, device=str(device))
+        self.config_, self.image_size_, self.channels_ = cfg, size, channels
+        self.failures_ = loaded.failures
+        self._say(f"icsscan: {len(loaded.images)} images at {size}x{size}x{channels} on {device}")
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        return cfg, loaded, device, {"decode_s": time.perf_counter() - t}
+
+    def _split(self, images: torch.Tensor, paths: list[str], cfg: ICSConfig, device: torch.device,
+               given: dict[str, str] | None = None, autoencoder: ConvAutoencoder | None = None) -> None:
+        """Train (or reuse) the autoencoder, SSIM-score every image, and split typical / atypical."""
+        self.autoencoder_ = autoencoder or train_autoencoder(
+            images, cfg, device, on_epoch=lambda e, loss: self._tick("split", e + 1, cfg.ae_epochs, mse=loss))
+        ssim_values = ssim_scores(self.autoencoder_, images)
+        if given is None:
+            rank, atypical = split_by_ssim(ssim_values, cfg.rho)
+        else:
+            missing = [p for p in paths if p not in given]
+            if missing:
+                raise UsageError(f"--split: {len(missing)} training images are not in the split CSV, e.g. {missing[0]}")
+            atypical = np.array([given[p] == "atypical" for p in paths])
+            if atypical.sum() < 2 or (~atypical).sum() < 2:
+                raise UsageError("--split: need at least 2 typical and 2 atypical images among the training images")
+            rank = np.empty(len(paths), dtype=np.int64)
+            rank[np.lexsort((np.arange(len(paths)), ssim_values))] = np.arange(1, len(paths) + 1)
+        self.split_ = {"paths": paths, "ssim": ssim_values, "rank": rank, "atypical": atypical}
+
+    def fit_split(self, X: Any) -> "ICSDetector":
+        """Only the split step (what `icsscan split` runs): autoencoder, SSIM, typical/atypical on all of X."""
+        cfg, loaded, device, timings = self._load_for_fit(X)
+        t = time.perf_counter()
+        self._split_images_ = self._tensor(loaded.images, device)
+        self._split(self._split_images_, loaded.paths, cfg, device)
+        timings["split_s"] = time.perf_counter() - t
+        self.timings_ = timings
+        return self
+
+    def save_split(self, directory: str | os.PathLike) -> Path:
+        """split.csv, split_preview.png, autoencoder.pt and config.json (what `icsscan split` writes)."""
+        from .split import save_preview
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_rows(out / "split.csv", self.split_)
+        save_preview(out / "split_preview.png", self._split_images_, self.split_["ssim"])
+        torch.save(self.autoencoder_.state_dict(), out / "autoencoder.pt")
+        write_json_atomic(out / "config.json", {
+            "step": "split", "created": now_iso(), "config": self.config_.to_dict(),
+            "n_images": len(self.split_["paths"]), "n_atypical": int(self.split_["atypical"].sum()),
+            "n_unreadable_files": len(self.failures_), "files_hash": hash_strings(self.split_["paths"]),
+            "timings": self.timings_, "versions": versions()})
+        return out
+
+    def fit(self, X: Any, y: Any = None, split: str | os.PathLike | None = None) -> "ICSDetector":
+        """Learn "normal" from X: a folder, a list of image paths, or an array of images (N,H,W[,C]) uint8.
+
+        Unreadable files are skipped with a warning each (listed in `failures_`); fewer than 20 readable
+        images is an error. `y` is ignored (one-class: every image is assumed normal). `split` reuses a
+        split.csv from `icsscan split` (and its autoencoder.pt, when one lies beside it and fits).
+        """
+        t_start = time.perf_counter()
+        cfg, loaded, device, timings = self._load_for_fit(X)
+        given, autoencoder = (None, None) if split is None else read_given_split(Path(split), cfg, device)
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        images = self._tensor(loaded.images[fit_idx], device)
+        fit_paths = [loaded.paths[i] for i in fit_idx]
+
+        # 1. split
+        t = time.perf_counter()
+        self._split(images, fit_paths, cfg, device, given, autoencoder)
+        atypical = self.split_["atypical"]
+        timings["split_s"] = time.perf_counter() - t
+
+        # 2. train
+        t = time.perf_counter()
+        self.train_log_: list[dict] = []
+
+        def on_log(row: dict) -> None:
+            self.train_log_.append(row)
+            self._tick("train", row["iteration"], cfg.iterations, **{k: v for k, v in row.items() if k != "iteration"})
+
+        self.classifier_ = train_ics(images, torch.as_tensor(atypical, device=device), cfg, device, on_log=on_log)
+        timings["train_s"] = time.perf_counter() - t
+
+        # 3. score: calibrate on held-out normals (training images when there are too few)
+        t = time.perf_counter()
+        reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
+        self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score).to(device).eval()
+        if cfg.score == "ics+ssim":
+            self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score,
+                                         fit_fusion(self.scorer_, reference, cfg.rho)).to(device).eval()
+        self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
+        self.decision_scores_ = self._score_tensor(images)
+        self.threshold_ = 0.5
+        self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
+        self.train_paths_ = fit_paths
+        self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
+        self.parity_inputs_ = loaded.images[cal_idx[:PARITY_SAMPLES] if len(cal_idx) else fit_idx[:PARITY_SAMPLES]]
+        timings["calibrate_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        self.timings_ = timings
+        self.created_ = now_iso()
+        return self
+
+    # ----------------------------------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def _score_tensor(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        self.scorer_.eval()
+        parts = [self.scorer_(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Anomaly scores in [0, 1] (higher = more abnormal) for a folder, path list or image array.
+
+        For folders and path lists, unreadable files get NaN (their reasons are in `last_failures_`), so the
+        output always has one value per input file.
+        """
+        self._check_fitted()
+        device = next(self.scorer_.parameters()).device
+        if isinstance(X, np.ndarray):
+            return self._score_tensor(self._tensor(array_to_rgb(X, self.image_size_), device))
+        paths = [str(p) for p in list_inputs(X)]
+        loaded = self._read(paths, self.image_size_, warn=False)
+        self.last_failures_ = loaded.failures
+        scores = np.full(len(paths), np.nan)
+        if len(loaded.images):
+            index = {p: i for i, p in enumerate(paths)}
+            got = self._score_tensor(self._tensor(loaded.images, device))
+            scores[[index[p] for p in loaded.paths]] = got
+        return scores
+
+    decision_function = score_samples  # PyOD's name for the same thing
+
+    def predict(self, X: Any, threshold: float | None = None) -> np.ndarray:
+        """1 = anomaly (score ≥ threshold), 0 = normal; threshold defaults to `threshold_` (0.5)."""
+        scores = self.score_samples(X)
+        thr = self.threshold_ if threshold is None else threshold
+        return (scores >= thr).astype(int)
+
+    def normal_percentile(self, scores: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return percentile_of(np.asarray(scores), self.calibration_scores_)
+
+    def threshold_for_false_alarm_rate(self, rate: float) -> float:
+        """The score above which about `rate` of normal images fall (from the calibration split)."""
+        self._check_fitted()
+        return threshold_for_rate(self.calibration_scores_, rate)
+
+    # ----------------------------------------------------------------------------------------- persistence
+    def bundle_metadata(self) -> dict[str, Any]:
+        cfg = self.config_
+        return {
+            "format": BUNDLE_FORMAT,
+            "created": self.created_,
+            "config": cfg.to_dict(),
+            "config_hash": hash_json(cfg.to_dict()),
+            "normalisation": {"input": "RGB decoded by Pillow, resized (bilinear, squashed) to image_size, "
+                                       "converted to `channels` (ITU-R 601 luma for 1), scaled to [0, 1]; "
+                                       "per-channel mean/std standardisation happens inside the model",
+                              "mean": self.classifier_.normalize.mean.flatten().tolist(),
+                              "std": self.classifier_.normalize.std.flatten().tolist()},
+            "n_train_files": self.n_train_,
+            "n_calibration_files": self.n_calibration_,
+            "n_unreadable_files": len(self.failures_),
+            "train_files_hash": hash_strings(self.train_paths_),
+            "n_atypical": int(self.split_["atypical"].sum()),
+            "threshold": self.threshold_,
+            "fusion": self.fusion_dict(),
+            "timings": self.timings_,
+            "versions": versions(),
+        }
+
+    def save(self, directory: str | os.PathLike, export_onnx: bool = True, extra_files: dict | None = None) -> Path:
+        """Write the model bundle atomically: built in a temporary folder, then renamed into place.
+
+        A crash or Ctrl-C mid-save leaves the previous bundle (or nothing), never half a bundle that loads.
+        """
+        self._check_fitted()
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
+            torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
+            np.save(tmp / "parity_inputs.npy", self.parity_inputs_, allow_pickle=False)
+            write_json_atomic(tmp / "calibration.json", self.calibration_dict())
+            write_split_rows(tmp / "split.csv", self.split_)
+            write_train_log(tmp / "train_log.csv", self.train_log_)
+            for name, writer in (extra_files or {}).items():
+                writer(tmp / name)
+            if export_onnx:
+                from .export import export_onnx as _export
+
+                _export(self, tmp / "model.onnx", quiet=not self.verbose)
+            write_json_atomic(tmp / "config.json", self.bundle_metadata())  # last: marks the bundle complete
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def fusion_dict(self) -> dict[str, float]:
+        names = ("ics_center", "ics_scale", "ssim_center", "ssim_scale", "offset")
+        return {n: float(getattr(self.scorer_, n)) for n in names}
+
+    def calibration_dict(self) -> dict[str, Any]:
+        scores = self.calibration_scores_
+        return {
+            "n": int(len(scores)),
+            "scores": [round(float(s), 7) for s in scores],
+            "quantiles": {str(q): float(np.quantile(scores, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)} if len(scores) else {},
+            "fraction_above_0.5": float(np.mean(scores >= 0.5)) if len(scores) else None,
+            "score": self.config_.score,
+            "rho": self.config_.rho,
+        }
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str = "auto") -> "ICSDetector":
+        """Load a bundle written by `save`. Weights are read with weights_only=True: no pickled code runs."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"{directory}: model folder not found")
+        missing = [f for f in BUNDLE_FILES if not (directory / f).is_file()]
+        if missing:
+            raise ModelError(f"{directory}: incomplete model bundle, missing {', '.join(missing)}")
+        try:
+            meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+            cfg = ICSConfig.from_dict(meta["config"])
+            calibration = json.loads((directory / "calibration.json").read_text(encoding="utf-8"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{directory / 'config.json'}: not a valid icsscan config ({exc})") from None
+        det = cls(config=cfg, device=device)
+        det.config_, det.image_size_, det.channels_ = cfg, cfg.image_size, cfg.channels
+        dev = resolve_device(device)
+        det.classifier_ = ICSClassifier(cfg.channels, cfg.image_size, cfg.backbone, cfg.width, cfg.hidden_dim,
+                                        cfg.latent_dim)
+        det.autoencoder_ = ConvAutoencoder(cfg.channels, cfg.image_size, cfg.ae_width, cfg.ae_code_dim)
+        for module, name in ((det.classifier_, "classifier.pt"), (det.autoencoder_, "autoencoder.pt")):
+            try:
+                module.load_state_dict(load_state(directory / name))
+            except RuntimeError as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
+        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
+        det.calibration_scores_ = np.sort(np.asarray(calibration.get("scores", []), dtype=np.float64))
+        det.threshold_ = float(meta.get("threshold", 0.5))
+        det.n_train_ = meta.get("n_train_files")
+        det.n_calibration_ = meta.get("n_calibration_files")
+        det.created_ = meta.get("created")
+        det.timings_ = meta.get("timings", {})
+        det.failures_ = []
+        parity = directory / "parity_inputs.npy"
+        det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None
+        det.metadata_ = meta
+        return det
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True: a tampered file is refused instead of executed."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable weights file
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelError(f"{path}: not a valid icsscan weights file ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state_dict of tensors")
+    return state
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def list_inputs(X: Any) -> list[Path]:
+    """A folder, a single file, or a list of paths → list of image paths."""
+    if isinstance(X, (str, os.PathLike)):
+        root = Path(X)
+        if not root.exists():
+            raise UsageError(f"{root}: no such file or folder")
+        return data.find_images(root)
+    if isinstance(X, Sequence):
+        return [Path(p) for p in X]
+    raise UsageError(f"cannot read images from a {type(X).__name__}; pass a folder, a list of paths or an array")
+
+
+def array_to_rgb(X: np.ndarray, size: int) -> np.ndarray:
+    """(N,H,W), (N,H,W,1|3) or (N,1|3,H,W) images (uint8, or float in [0,1]) → RGB uint8 (N,size,size,3)."""
+    from PIL import Image
+
+    X = np.asarray(X)
+    if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
+        X = np.moveaxis(X, 1, -1)
+    if X.dtype != np.uint8:
+        X = np.clip(np.rint(X.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    if X.ndim == 3:
+        X = X[..., None]
+    if X.ndim != 4 or X.shape[-1] not in (1, 3):
+        raise UsageError(f"image array must be (N,H,W) or (N,H,W,1|3), got shape {X.shape}")
+    if X.shape[-1] == 1:
+        X = np.repeat(X, 3, axis=-1)
+    if X.shape[1:3] != (size, size):
+        X = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR)) for a in X])
+    return X
+
+
+def read_given_split(path: Path, cfg: ICSConfig, device: torch.device):
+    """A split.csv from `icsscan split`, and its autoencoder when the one beside it matches this config."""
+    from .split import read_split_csv
+
+    try:
+        given = read_split_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--split {path}: {exc}") from None
+    weights, meta_path = path.parent / "autoencoder.pt", path.parent / "config.json"
+    if weights.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        except (ValueError, KeyError, TypeError):
+            return given, None
+        keys = ("image_size", "channels", "ae_width", "ae_code_dim")
+        if all(meta.get(k) == getattr(cfg, k) for k in keys):
+            ae = ConvAutoencoder(cfg.channels, cfg.image_size, cfg.ae_width, cfg.ae_code_dim)
+            ae.load_state_dict(load_state(weights))
+            return given, ae.to(device).eval()
+    return given, None
+
+
+def calibration_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, calibration). The calibration images never touch training; skipped when too few remain."""
+    n_cal = int(round(n * fraction))
+    if n_cal < 10 or n - n_cal < MIN_IMAGES:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
+
+
+@torch.no_grad()
+def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float) -> dict[str, float]:
+    """Centre and spread of both components on reference normals, and the offset that puts 0.5 at (1 − ρ)."""
+    logits, errs = [], []
+    for i in range(0, len(reference), 256):
+        lg, er = scorer.components(reference[i:i + 256])
+        logits.append(lg.cpu())
+        errs.append(er.cpu())
+    logit, err = torch.cat(logits).double().numpy(), torch.cat(errs).double().numpy()
+    ic, is_ = robust_center_scale(logit)
+    sc, ss = robust_center_scale(err)
+    fusion = {"ics_center": ic, "ics_scale": is_, "ssim_center": sc, "ssim_scale": ss, "offset": 0.0}
+    z = signed_log1p(torch.from_numpy(((logit - ic) / is_ + (err - sc) / ss) / 2)).numpy()
+    fusion["offset"] = float(np.quantile(z, 1 - rho))
+    return fusion
+
+
+def threshold_for_rate(calibration_sorted: np.ndarray, rate: float) -> float:
+    if not 0 < rate < 1:
+        raise UsageError(f"--false-alarm-rate must be between 0 and 1, got {rate}")
+    if len(calibration_sorted) == 0:
+        raise ModelError("this model has no calibration scores (trained with --calibration-fraction 0): "
+                         "use --threshold instead of --false-alarm-rate")
+    return float(np.quantile(calibration_sorted, 1 - rate, method="higher"))
+
+
+def write_split_rows(path: Path, split: dict) -> None:
+    from .split import write_split_csv
+
+    write_split_csv(path, split["paths"], split["ssim"], split["rank"], split["atypical"])
+
+
+def write_train_log(path: Path, rows: list[dict]) -> None:
+    columns = ["iteration", "closeness", "intra_class", "dispersion"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})

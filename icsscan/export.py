@@ -1,0 +1,112 @@
+"""Export the scorer (classifier, plus the autoencoder when the score uses SSIM) to ONNX, then prove it.
+
+The graph takes float pixels in [0, 1], shape (batch, channels, size, size), batch dynamic, and returns the
+*raw* anomaly score in [0, 1]; per-channel standardisation is inside the graph. No threshold is baked in:
+the default threshold and the calibration live in `metadata_props`, so `scan` can change them per run.
+Every export is checked with `onnx.checker` and against PyTorch on real images (max |Δ| ≤ 1e-4).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ModelError
+from .runinfo import hash_json, now_iso
+
+PARITY_TOLERANCE = 1e-4
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "pixels", "score"
+
+
+def metadata_for(det, opset: int) -> dict[str, str]:
+    """Everything `scan` needs besides the graph, as strings (ONNX metadata_props are string→string)."""
+    cfg = det.config_
+    meta = det.bundle_metadata() if hasattr(det, "split_") else det.metadata_
+    calibration = det.calibration_dict() if hasattr(det, "split_") else {
+        "n": int(len(det.calibration_scores_)), "scores": [round(float(s), 7) for s in det.calibration_scores_],
+        "score": cfg.score, "rho": cfg.rho}
+    return {
+        "icsscan_version": __version__,
+        "icsscan_format": "1",
+        "image_size": str(cfg.image_size),
+        "channels": str(cfg.channels),
+        "input": "float32 pixels in [0,1], NCHW; RGB decoded by Pillow, bilinear resize (squash) to image_size, "
+                 "1 channel = ITU-R 601 luma; standardisation is inside the graph",
+        "normalisation": json.dumps(meta.get("normalisation", {})),
+        "score": cfg.score,
+        "rho": str(cfg.rho),
+        "default_threshold": str(det.threshold_),
+        "calibration": json.dumps(calibration),
+        "config_hash": meta.get("config_hash") or hash_json(cfg.to_dict()),
+        "config": json.dumps(cfg.to_dict()),
+        "preset": cfg.preset,
+        "opset": str(opset),
+        "created": now_iso(),
+    }
+
+
+def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet: bool = False) -> float:
+    """Write `det`'s scorer to `path` (atomically); returns the measured max |ONNX − PyTorch| on real images."""
+    import onnx
+
+    path = Path(path)
+    scorer = det.scorer_.to("cpu").eval()
+    cfg = det.config_
+    example = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about python control flow on shapes (static here)
+        # dynamo=False: the TorchScript exporter, which needs no onnxscript and handles this small graph fully.
+        torch.onnx.export(scorer, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata_for(det, opset).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name, model.producer_version = "icsscan", __version__
+    onnx.checker.check_model(model, full_check=True)
+
+    inputs = parity_inputs(det)
+    max_diff = parity_check(model.SerializeToString(), scorer, inputs)
+    if not quiet:
+        print(f"export: onnx.checker passed; parity on {len(inputs)} real images: max |onnx - torch| = {max_diff:.2e}",
+              file=sys.stderr)
+    if not max_diff <= PARITY_TOLERANCE:
+        raise ModelError(f"ONNX export differs from PyTorch by {max_diff:.2e} > {PARITY_TOLERANCE:.0e}; not written")
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return max_diff
+
+
+def parity_inputs(det) -> np.ndarray:
+    """Real images (from the bundle's parity sample) as float32 NCHW; random pixels only as a last resort."""
+    from .data import to_channels
+
+    cfg = det.config_
+    sample = getattr(det, "parity_inputs_", None)
+    if sample is not None and len(sample):
+        return to_channels(np.asarray(sample), cfg.channels).astype(np.float32)
+    return np.random.default_rng(0).random((8, cfg.channels, cfg.image_size, cfg.image_size), dtype=np.float32)
+
+
+def parity_check(model_bytes: bytes, scorer: torch.nn.Module, inputs: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: inputs})[0]
+    with torch.no_grad():
+        want = scorer(torch.from_numpy(inputs)).numpy()
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if len(inputs) else 0.0

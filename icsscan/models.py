@@ -1,0 +1,156 @@
+"""Networks: the splitting autoencoder, the ICS classifier (feature extractor → z → one unit), the distance head.
+
+Every network takes images as float tensors in [0, 1], shape (N, C, S, S); the classifier normalises
+internally with the training set's per-channel mean/std (stored as buffers), so the exported ONNX graph
+takes plain [0, 1] pixels and the scanner needs no normalisation code of its own.
+Architectures adapt to any channel count and image size ≥ 8: convolutions halve the size until it is ≤ 4.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def n_halvings(size: int, stop: int = 4) -> int:
+    """How many stride-2 stages bring `size` down to ≤ `stop` (at least 2)."""
+    n = 0
+    while size > stop:
+        size = (size + 1) // 2
+        n += 1
+    return max(2, n)
+
+
+class Normalize(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def set_stats(self, mean: list[float], std: list[float]) -> None:
+        self.mean.copy_(torch.tensor(mean).view_as(self.mean))
+        self.std.copy_(torch.tensor(std).clamp_min(1e-3).view_as(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def small_features(channels: int, image_size: int, width: int) -> tuple[nn.Sequential, int]:
+    """icsscan's default extractor: pairs of 3×3 convs + LeakyReLU, average-pooled, widths w, 2w, 4w, 4w…"""
+    layers: list[nn.Module] = []
+    c_in, size = channels, image_size
+    for stage in range(n_halvings(image_size)):
+        c_out = width * min(2**stage, 4)
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.AvgPool2d(2, ceil_mode=True),
+        ]
+        c_in, size = c_out, (size + 1) // 2
+    return nn.Sequential(*layers, nn.Flatten()), c_in * size * size
+
+
+def alexnet_features(channels: int, image_size: int, width: int) -> tuple[nn.Sequential, int]:
+    """The paper's AlexNet-like extractor (5 convs 64-192-384-256-256 at width 64), sized for small images.
+
+    AlexNet's 11×11/stride-4 first layer would destroy 28×28 inputs, so the first two layers use 5×5
+    kernels at stride 1 with max-pooling; for inputs over 64 px extra stride-2 pooling keeps the cost bounded.
+    """
+    w = [width, width * 3, width * 6, width * 4, width * 4]
+    pre: list[nn.Module] = []
+    size = image_size
+    while size > 64:
+        pre.append(nn.MaxPool2d(2, ceil_mode=True))
+        size = (size + 1) // 2
+    layers = pre + [
+        nn.Conv2d(channels, w[0], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(w[0], w[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(w[1], w[2], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(w[2], w[3], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(w[3], w[4], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Flatten(),
+    ]
+    for _ in range(3):
+        size = (size + 1) // 2
+    return nn.Sequential(*layers), w[4] * size * size
+
+
+BACKBONES = {"small": small_features, "alexnet": alexnet_features}
+
+
+class ICSClassifier(nn.Module):
+    """Feature extractor → dense → latent z → one unit. `forward` returns the logit; sigmoid = P(abnormal)."""
+
+    def __init__(self, channels: int, image_size: int, backbone: str = "small", width: int = 32,
+                 hidden_dim: int = 256, latent_dim: int = 128):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+        self.normalize = Normalize(channels)
+        self.features, n_feat = BACKBONES[backbone](channels, image_size, width)
+        act = nn.ReLU() if backbone == "alexnet" else nn.LeakyReLU(0.2)
+        self.to_latent = nn.Sequential(nn.Linear(n_feat, hidden_dim), act, nn.Linear(hidden_dim, latent_dim))
+        self.output = nn.Linear(latent_dim, 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.features(self.normalize(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.embed(x))[:, 0]
+
+
+class DistanceHead(nn.Module):
+    """Training-only: dist(z_i, z_j) = sigmoid(w·(z_i − z_j) + b); `forward` returns the logit."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(latent_dim, 1)
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        return self.dense(z_i - z_j)[..., 0]
+
+
+class ConvAutoencoder(nn.Module):
+    """Bottleneck autoencoder for the split: stride-2 conv encoder, dense code, mirrored transposed convs.
+
+    The decoder asks each transposed conv for the encoder's exact sizes, so odd sizes (28 → 14 → 7 → 4)
+    come back exactly. Output is a sigmoid, in [0, 1] like the input, so SSIM uses data_range = 1.
+    """
+
+    def __init__(self, channels: int, image_size: int, width: int = 32, code_dim: int = 64):
+        super().__init__()
+        n = n_halvings(image_size)
+        widths = [width * min(2**i, 4) for i in range(n)]
+        self.sizes = [image_size]
+        for _ in range(n):
+            self.sizes.append((self.sizes[-1] + 1) // 2)
+        self.encoder = nn.ModuleList()
+        c_in = channels
+        for c_out in widths:
+            self.encoder.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+            c_in = c_out
+        self.code_shape = (c_in, self.sizes[-1], self.sizes[-1])
+        flat = c_in * self.sizes[-1] ** 2
+        self.to_code = nn.Linear(flat, code_dim)
+        self.from_code = nn.Linear(code_dim, flat)
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(n)):
+            c_out = channels if i == 0 else widths[i - 1]
+            self.decoder.append(nn.ConvTranspose2d(widths[i], c_out, 3, stride=2, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for conv in self.encoder:
+            h = F.leaky_relu(conv(h), 0.2)
+        h = self.from_code(self.to_code(h.flatten(1))).view(-1, *self.code_shape)
+        n = len(self.decoder)
+        for k, deconv in enumerate(self.decoder):
+            size = self.sizes[n - 1 - k]
+            h = deconv(h, output_size=[size, size])
+            h = torch.sigmoid(h) if k == n - 1 else F.leaky_relu(h, 0.2)
+        return h
+
+
+def conv_weights(*modules: nn.Module) -> list[torch.Tensor]:
+    """Conv kernels only: the paper puts L2 on conv layers, not on biases or dense layers."""
+    return [m.weight for mod in modules for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]

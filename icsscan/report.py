@@ -1,0 +1,173 @@
+"""Write a scan's results: ranked scores.csv, summary.json, optional JUnit XML and copies of flagged images.
+
+Every file is written to a temporary name and renamed, and summary.json goes last, so an interrupted run
+leaves either the previous state or a complete, self-consistent report (one that says when it is partial).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .runinfo import machine, now_iso, versions, write_json_atomic
+from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
+
+MARKER = ".icsscan-report"
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CSV_COLUMNS = ["rank", "path", "score", "normal_percentile", "is_anomaly", "error"]
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def safe_text(value: str) -> str:
+    """Printable UTF-8 for any file name (undecodable bytes become \\x escapes)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def neutralise(value: str) -> str:
+    """Defuse spreadsheet formulas: a cell starting with = + - @ (or tab/CR) gets a leading apostrophe."""
+    value = safe_text(value)
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def ranked(result: ScanResult) -> list[tuple[int, Row, float | None, bool]]:
+    """(rank, row, normal_percentile, is_anomaly), highest score first; unreadable files last, by path."""
+    order = sorted(result.rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.path))
+    percentiles = percentile_of([r.score for r in order], result.model.calibration)
+    return [(k + 1, r, p, r.score is not None and r.score >= result.threshold)
+            for k, (r, p) in enumerate(zip(order, percentiles))]
+
+
+def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create the report folder; refuse a non-empty folder that is not an earlier icsscan report."""
+    from .errors import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
+        raise UsageError(f"--out {out}: folder is not empty and not an icsscan report; choose another or add --force")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
+    for stale in ("scores.csv", "summary.json", "junit.xml", "report.html"):
+        (out / stale).unlink(missing_ok=True)  # never leave an older run's results beside a new one
+    return out
+
+
+def _atomic_writer(path: Path):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return os.fdopen(fd, "w", newline="", encoding="utf-8"), tmp
+
+
+def write_scores_csv(path: Path, table: list) -> None:
+    f, tmp = _atomic_writer(path)
+    with f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for rank, row, pct, flagged in table:
+            writer.writerow([
+                rank, neutralise(row.path),
+                "" if row.score is None else f"{row.score:.6f}",
+                "" if pct is None else f"{pct:.4f}",
+                "" if row.score is None else str(flagged).lower(),
+                neutralise(row.error),
+            ])
+    os.replace(tmp, path)
+
+
+def write_junit(path: Path, table: list, result: ScanResult) -> None:
+    """One test case per image: anomalies are failures, unreadable files are errors."""
+    clean = lambda s: _XML_ILLEGAL.sub("?", safe_text(s))  # noqa: E731 - XML 1.0 forbids control chars
+    suite = ET.Element("testsuite", name="icsscan", tests=str(len(table)),
+                       failures=str(len(result.anomalies)), errors=str(len(result.failures)),
+                       time=f"{result.seconds:.3f}", timestamp=now_iso())
+    for rank, row, pct, flagged in table:
+        case = ET.SubElement(suite, "testcase", classname="icsscan.scan", name=clean(row.path), time="0")
+        if row.score is None:
+            ET.SubElement(case, "error", message=clean(row.error), type="unreadable")
+        elif flagged:
+            pct_text = "" if pct is None else f", above {pct:.1%} of normal images"
+            ET.SubElement(case, "failure", type="anomaly",
+                          message=f"anomaly score {row.score:.4f} >= threshold {result.threshold:.4g}{pct_text}")
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    f, tmp = _atomic_writer(path)
+    with f:
+        f.write(ET.tostring(suites, encoding="unicode", xml_declaration=True))
+    os.replace(tmp, path)
+
+
+def copy_flagged(out: Path, table: list) -> int:
+    """Copy flagged images to out/anomalous/ under sanitised names (rank prefix keeps them unique)."""
+    target = out / "anomalous"
+    target.mkdir(exist_ok=True)
+    copied = 0
+    for rank, row, _, flagged in table:
+        if not flagged:
+            continue
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(row.path).name).lstrip(".-") or "image"
+        try:
+            shutil.copyfile(row.path, target / f"{rank:06d}_{name[:120]}")
+            copied += 1
+        except OSError:
+            continue  # the source vanished or is unreadable; its row already says what we know
+    return copied
+
+
+def summary_dict(result: ScanResult, table: list, folder: str, command: list[str] | None,
+                 outputs: list[str]) -> dict[str, Any]:
+    m = result.model
+    n_scored = len(result.rows) - len(result.failures)
+    return {
+        "icsscan_version": __version__,
+        "complete": not result.interrupted,
+        "interrupted": result.interrupted,
+        "finished": now_iso(),
+        "command": command,
+        "folder": safe_text(str(folder)),
+        "counts": {"files": result.n_files, "rows": len(result.rows), "scored": n_scored,
+                   "unreadable": len(result.failures), "anomalies": len(result.anomalies),
+                   "not_reached": result.n_files - len(result.rows)},
+        "threshold": {"value": result.threshold, "source": result.threshold_source, "meaning": result.meaning,
+                      "expected_false_alarm_rate": expected_false_alarm_rate(m.calibration, result.threshold)},
+        "model": {"path": safe_text(str(m.path)), "sha256": m.sha256, "score": m.score_kind,
+                  "icsscan_version": m.metadata.get("icsscan_version"), "config_hash": m.metadata.get("config_hash"),
+                  "created": m.metadata.get("created"), "image_size": m.image_size, "channels": m.channels,
+                  "calibration_images": int(len(m.calibration)), "providers": m.providers},
+        "timings": {"seconds": round(result.seconds, 3),
+                    "images_per_s": round(len(result.rows) / result.seconds, 2) if result.seconds > 0 else None},
+        "failures": [{"path": safe_text(r.path), "reason": r.error} for r in result.failures],
+        "top_anomalies": [{"rank": k, "path": safe_text(r.path), "score": r.score} for k, r, _, f in table[:10] if f],
+        "outputs": outputs,
+        "versions": versions(),
+        "machine": machine(),
+    }
+
+
+def write_report(result: ScanResult, out: Path, folder: str, formats: set[str], command: list[str] | None = None,
+                 copy: bool = False, html: bool = True) -> dict[str, Any]:
+    table = ranked(result)
+    outputs = ["scores.csv", "summary.json"]
+    write_scores_csv(out / "scores.csv", table)
+    if "junit" in formats:
+        write_junit(out / "junit.xml", table, result)
+        outputs.append("junit.xml")
+    if copy and not result.interrupted:
+        copy_flagged(out, table)
+        outputs.append("anomalous/")
+    if html:
+        try:
+            from .html import write_html_report
+        except ImportError:
+            write_html_report = None
+        if write_html_report:
+            write_html_report(result, table, out)
+            outputs.append("report.html")
+    summary = summary_dict(result, table, folder, command, outputs)
+    write_json_atomic(out / "summary.json", summary)  # last: its presence marks a finished report
+    return summary
