@@ -16,8 +16,8 @@ class ICSConfig:
     # split (autoencoder + SSIM)
     rho: float = 0.1
     ae_width: int = 32
-    ae_code_dim: int = 64
-    ae_epochs: int = 15
+    ae_code_dim: int = 16          # a tight bottleneck: SSIM separates better (MNIST-0 AUC 99.5 vs 97.2 at 64)
+    ae_epochs: int = 12
     ae_lr: float = 2e-3
     ae_batch_size: int = 64
     # ICS classifier
@@ -27,9 +27,10 @@ class ICSConfig:
     latent_dim: int = 128
     iterations: int = 400
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
     beta1: float = 0.5
-    l2: float = 1e-6
+    l2: float = 1e-3               # on conv kernels only; the authors' code used 1e-3, the paper's text 1e-6
+    grad_clip: float = 5.0         # max gradient norm per step (stabiliser; see train.py)
     # scoring
     score: str = "ics+ssim"         # what the exported model outputs; see README "Scores"
     calibration_fraction: float = 0.1

@@ -41,9 +41,11 @@ def small_features(channels: int, image_size: int, width: int) -> tuple[nn.Seque
     c_in, size = channels, image_size
     for stage in range(n_halvings(image_size)):
         c_out = width * min(2**stage, 4)
+        # GroupNorm (per image, unlike BatchNorm) keeps features alive under L2 on the kernels and does not
+        # depend on batch composition, which differs between the three ICS steps (all-typical, mixed, all-atypical).
         layers += [
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out // 4), c_out), nn.LeakyReLU(0.2),
+            nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out // 4), c_out), nn.LeakyReLU(0.2),
             nn.AvgPool2d(2, ceil_mode=True),
         ]
         c_in, size = c_out, (size + 1) // 2

@@ -13,7 +13,7 @@ from pytorch_msssim.ssim import _ssim
 from torch.nn import functional as F
 
 from .config import ICSConfig
-from .models import ConvAutoencoder, conv_weights
+from .models import ConvAutoencoder
 
 
 def ssim_window(image_size: int) -> int:
@@ -68,7 +68,7 @@ def train_autoencoder(images: torch.Tensor, cfg: ICSConfig, device: torch.device
         total = 0.0
         for sl in batches(n, cfg.ae_batch_size):
             x = images[order[sl]]
-            loss = F.mse_loss(ae(x), x) + cfg.l2 * sum((w**2).sum() for w in conv_weights(ae))
+            loss = F.mse_loss(ae(x), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -57,7 +57,8 @@ def train_ics(images: torch.Tensor, atypical: torch.Tensor, cfg: ICSConfig, devi
     flat = images.transpose(0, 1).reshape(channels, -1)
     clf.normalize.set_stats(flat.mean(1).tolist(), flat.std(1).tolist())
     head = DistanceHead(cfg.latent_dim).to(device)
-    opt = torch.optim.Adam([*clf.parameters(), *head.parameters()], lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    params = [*clf.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     kernels = conv_weights(clf)
 
     typical_idx = torch.nonzero(~atypical).squeeze(1).cpu()
@@ -72,6 +73,9 @@ def train_ics(images: torch.Tensor, atypical: torch.Tensor, cfg: ICSConfig, devi
         total = loss + cfg.l2 * sum((w**2).sum() for w in kernels)
         opt.zero_grad(set_to_none=True)
         total.backward()
+        # The pairwise losses can push z to ever larger norms (dispersion has no bounded optimum);
+        # clipping keeps Adam's steps finite instead of letting a spike turn the weights into NaN.
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         return loss.item()
 

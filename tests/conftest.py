@@ -1,0 +1,89 @@
+"""Shared fixtures: real image folders written from ../shared/data, and small trained models (session-scoped).
+
+Tests use real PNG files decoded from disk and real (short) training; anything that needs the shared
+datasets is skipped with a clear reason when ../shared/data (or $ICSSCAN_DATA) is absent.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_data"
+DATA_ROOT = Path(os.environ.get("ICSSCAN_DATA", REPO.parent / "shared" / "data"))
+ICSSCAN = [sys.executable, "-m", "icsscan"]
+
+# Small settings that still train for real: used where a test needs *a* model, not a good one.
+TINY = dict(iterations=40, seed=0)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def mnist(dataset: str = "MNIST", train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    raw = DATA_ROOT / dataset / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if not images.exists():
+        pytest.skip(f"{dataset} not found under {DATA_ROOT} (set ICSSCAN_DATA to the shared data root)")
+    return read_idx(images), read_idx(labels)
+
+
+def write_pngs(folder: Path, images: np.ndarray, prefix: str = "img") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, a in enumerate(images):
+        p = folder / f"{prefix}_{i:05d}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    return paths
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+    """Run `python -m icsscan ARGS` in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*ICSSCAN, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+@pytest.fixture(scope="session")
+def mnist_zero_folders(tmp_path_factory) -> dict[str, Path]:
+    """MNIST digit 0 as PNGs: train/good (1,000 training zeros); test/normal (200 test zeros) and
+    test/anomalous (200 other test digits); labels[path] = 1 for anomalies."""
+    x_tr, y_tr = mnist("MNIST", True)
+    x_te, y_te = mnist("MNIST", False)
+    root = tmp_path_factory.mktemp("mnist0")
+    rng = np.random.default_rng(0)
+    write_pngs(root / "train" / "good", x_tr[y_tr == 0][:1000], "zero")
+    normal = write_pngs(root / "test" / "normal", x_te[y_te == 0][:200], "zero")
+    others = rng.choice(np.flatnonzero(y_te != 0), 200, replace=False)
+    anomalous = write_pngs(root / "test" / "anomalous", x_te[others], "other")
+    labels = {str(p): 0 for p in normal} | {str(p): 1 for p in anomalous}
+    return {"root": root, "train": root / "train" / "good", "test": root / "test", "labels": labels}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A real model bundle (with model.onnx) trained briefly on sample_data/good. Do not modify it."""
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    cfg = preset_config("default", ae_epochs=3, **TINY)
+    ICSDetector(config=cfg).fit(SAMPLE / "good").save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_bundle) -> Path:
+    return tiny_bundle / "model.onnx"
