@@ -105,6 +105,8 @@ def decode_image(path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_M
     for training and scanning. Raises DecodeError with a short reason on any failure.
     """
     try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF/metadata chatter; real problems raise below
             with Image.open(path) as img:

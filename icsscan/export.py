@@ -101,9 +101,9 @@ def parity_inputs(det) -> np.ndarray:
 
 
 def parity_check(model_bytes: bytes, scorer: torch.nn.Module, inputs: np.ndarray) -> float:
-    import onnxruntime as ort
+    from .scan import import_onnxruntime
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = import_onnxruntime().InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: inputs})[0]
     with torch.no_grad():
         want = scorer(torch.from_numpy(inputs)).numpy()

@@ -6,6 +6,7 @@ ahead of inference, and hands the rows to `report` for the CSV / JSON / JUnit / 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -18,7 +19,6 @@ import numpy as np
 
 from . import data
 from .errors import ModelError, UsageError
-from .runinfo import hash_file
 
 DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
@@ -67,8 +67,16 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     return path
 
 
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError("onnxruntime is not installed: pip install 'icsscan[cpu]' (or 'icsscan[gpu]' with CUDA)") from None
+    return onnxruntime
+
+
 def choose_providers(device: str = "auto") -> list[str]:
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = ort.get_available_providers()
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
@@ -80,13 +88,19 @@ def choose_providers(device: str = "auto") -> list[str]:
 
 def load_model(model: str | os.PathLike, device: str = "auto", threads: int = 0) -> ScanModel:
     """Open and validate an icsscan ONNX model; every problem is a ModelError with one line of reason."""
-    import onnxruntime as ort
-
     path = resolve_model_path(model)
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read model ({exc.strerror or exc})") from None
+    return model_from_bytes(blob, path, device, threads)
+
+
+def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int = 0) -> ScanModel:
+    """`load_model` for ONNX bytes already in memory (the Ray engine's actors get them from the object store);
+    `path` is only used in messages and reports."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: onnxruntime's warnings are not for our users
     if threads:
@@ -114,7 +128,7 @@ def load_model(model: str | os.PathLike, device: str = "auto", threads: int = 0)
     if len(shape) != 4 or list(shape[1:]) != [channels, size, size]:
         raise ModelError(f"{path}: input shape {shape} disagrees with metadata ({channels}x{size}x{size})")
     return ScanModel(path, session, size, channels, threshold, calibration, meta.get("score", "?"),
-                     hash_file(path), meta)
+                     hashlib.sha256(blob).hexdigest(), meta)
 
 
 # --------------------------------------------------------------------------------------------- core
@@ -152,7 +166,7 @@ def infer_batch(model: ScanModel, paths: Sequence[str], decoded: list) -> list[R
 
 
 def score_paths(model: ScanModel, paths: Sequence[str], workers: int = 4) -> list[Row]:
-    """One batch of files in, one row per file out. Shared by the local and the Ray engines."""
+    """One batch of files in, one row per file out (the Ray engine shares `_decode_one` and `infer_batch`)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return infer_batch(model, paths, decode_batch(paths, model, pool))
 

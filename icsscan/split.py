@@ -94,6 +94,8 @@ def split_by_ssim(ssim_values: np.ndarray, rho: float) -> tuple[np.ndarray, np.n
 
     Returns (rank, atypical): rank[i] = 1 for the least similar image; atypical is a bool mask.
     """
+    if not 0 < rho < 0.5:
+        raise ValueError(f"rho must satisfy 0 < rho < 0.5, got {rho}")
     n = len(ssim_values)
     k = n_atypical(n, rho)
     if k < 2 or n - k < 2:
