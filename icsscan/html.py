@@ -1,0 +1,308 @@
+"""Write REPORT_DIR/report.html: one self-contained page to eyeball a scan's results.
+
+The page opens from disk with no server, no network and no JavaScript: CSS is inline, the score histogram
+is an SVG drawn here (no matplotlib: `scan` must start fast and never import torch), and the thumbnails are
+small PNGs in REPORT_DIR/thumbs/ named by rank. File names come from the scanned folder and are untrusted:
+every one is HTML-escaped in text and URL-quoted in links, and only rank-based names are ever written.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from . import __version__, data
+from .runinfo import now_iso
+from .scan import ScanResult
+
+TOP_K = 24  # thumbnails in each of the "most anomalous" and "most normal" grids
+THUMB_SIZE = 128  # max side of a thumbnail in pixels
+THUMB_DIR = "thumbs"
+THUMB_NAME = re.compile(r"\d{6}\.png")
+MAX_FAILURES_LISTED = 1000  # beyond this the page points to scores.csv instead of growing without bound
+HIST_BINS = 40
+
+# No scripts, no network: the browser enforces what the page promises (only local images and inline CSS).
+CSP = "default-src 'none'; script-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'"
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 8px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+table.summary td{padding:2px 12px 2px 0;vertical-align:top} table.summary td:first-child{color:#666}
+.banner{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+figure.card{margin:0;width:150px;border:2px solid #ccc;border-radius:4px;padding:6px;background:#fafafa}
+figure.card.flagged{border-color:#d33;background:#fff0f0}
+figure.card img,.nothumb{display:block;width:128px;height:128px;margin:auto;object-fit:contain;
+  image-rendering:pixelated;background:#eee}
+.nothumb{line-height:128px;text-align:center;color:#888;font-size:12px}
+figcaption{font-size:12px;margin-top:4px} .path{color:#555;word-break:break-all;font-size:11px}
+.flag{color:#d33;font-weight:600} code{word-break:break-all}
+table.failures{border-collapse:collapse} table.failures td{border-top:1px solid #eee;padding:3px 10px 3px 0}
+svg text{font:11px system-ui,sans-serif;fill:#333}
+"""
+
+
+def esc(value: object) -> str:
+    """Text safe inside HTML elements and quoted attributes (undecodable name bytes become \\x escapes)."""
+    return escape(str(value).encode("utf-8", "backslashreplace").decode("utf-8"), quote=True)
+
+
+def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = TOP_K) -> Path:
+    """Write out/report.html (and out/thumbs/); `table` is report.ranked(result). Returns the page's path."""
+    out = Path(out)
+    top, bottom = pick_grids(table, top_k)
+    thumbs = write_thumbnails(out, top + bottom)
+    scores = [row.score for _, row, _, _ in table if row.score is not None]
+    body = "\n".join([
+        summary_html(result),
+        "<h2>Score distribution</h2>",
+        histogram_svg(scores, result.model.calibration, result.threshold),
+        f"<h2>Most anomalous ({len(top)})</h2>",
+        grid_html(top, thumbs),
+        f"<h2>Most normal ({len(bottom)}), for contrast</h2>",
+        grid_html(bottom, thumbs),
+        failures_html(table),
+    ])
+    page = out / "report.html"
+    write_text_atomic(page, page_html("icsscan report", body))
+    return page
+
+
+def pick_grids(table: list, k: int) -> tuple[list, list]:
+    """The k highest-scoring rows and the k lowest (lowest first), never showing one image in both grids."""
+    scored = [entry for entry in table if entry[1].score is not None]
+    top = scored[:k]
+    bottom = scored[max(len(top), len(scored) - k):][::-1]
+    return top, bottom
+
+
+# --------------------------------------------------------------------------------------------- thumbnails
+
+def write_thumbnails(out: Path, entries: list) -> dict[int, str]:
+    """Make a thumbnail per entry; returns rank -> relative URL for those that worked (failures are skipped)."""
+    try:
+        folder = fresh_thumb_dir(out)
+    except OSError:
+        return {}  # e.g. a read-only or odd thumbs/ entry: the page shows "no preview" instead
+    made = {}
+    for rank, row, _, _ in entries:
+        name = f"{int(rank):06d}.png"  # rank-based: unique, and nothing from the scanned file name
+        if make_thumbnail(row.path, folder / name):
+            made[rank] = quote(f"{THUMB_DIR}/{name}")
+    return made
+
+
+def fresh_thumb_dir(out: Path) -> Path:
+    """out/thumbs as a real folder (never a symlink leading elsewhere), without an earlier run's thumbnails."""
+    folder = out / THUMB_DIR
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        folder.unlink()
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        if THUMB_NAME.fullmatch(old.name) and not old.is_dir():
+            old.unlink(missing_ok=True)
+    return folder
+
+
+def make_thumbnail(src: str, dst: Path, size: int = THUMB_SIZE) -> bool:
+    """Write a PNG at most `size` px on its longer side; False (never an exception) when anything fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/metadata chatter from odd files
+            with Image.open(src) as img:
+                if img.width * img.height > data.DEFAULT_MAX_PIXELS:
+                    return False  # same decompression-bomb limit as scanning
+                if img.format == "JPEG":
+                    img.draft("RGB", (size, size))  # libjpeg decodes at reduced scale: much faster
+                img.seek(0)  # first frame of GIF/TIFF, as in scanning
+                img.load()
+                img = data._flatten_alpha(data._to_8bit(ImageOps.exif_transpose(img)))
+                img = img.convert("L" if img.mode == "L" else "RGB")
+                img.thumbnail((size, size), Image.Resampling.LANCZOS)  # shrinks only; CSS enlarges tiny ones
+                save_png_atomic(img, dst)
+        return True
+    except Exception:  # noqa: BLE001 - a missing preview must never fail the scan
+        return False
+
+
+def save_png_atomic(img: Image.Image, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".thumb.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, dst)  # replaces a link named dst itself, never the file it points to
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+def summary_html(result: ScanResult) -> str:
+    m = result.model
+    n_failed = len(result.failures)
+    images_per_s = f"{len(result.rows) / result.seconds:.1f}" if result.seconds > 0 else "n/a"
+    rows = [  # (label, value already made HTML-safe)
+        ("files", esc(result.n_files)), ("scored", esc(len(result.rows) - n_failed)),
+        ("unreadable", esc(n_failed)), ("anomalies", esc(len(result.anomalies))),
+        ("threshold", esc(f"{result.threshold:.4g} ({result.threshold_source})")),
+        ("what it means", esc(result.meaning)),
+        ("model", f"<code>{esc(m.path)}</code>"), ("model sha256", f"<code>{esc(m.sha256)}</code>"),
+        ("score kind", esc(m.score_kind)), ("calibration normals", esc(len(m.calibration))),
+        ("time", esc(f"{result.seconds:.2f} s ({images_per_s} images/s)")),
+    ]
+    cells = "\n".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)
+    banner = ""
+    if result.interrupted:
+        banner = (f'<p class="banner">Partial report: the scan was interrupted after {len(result.rows)} of '
+                  f"{result.n_files} files.</p>")
+    return (f"<h1>icsscan report</h1>\n<p>Generated {esc(now_iso())} by icsscan {esc(__version__)}. "
+            f'Full ranking: <a href="scores.csv">scores.csv</a>, details: <a href="summary.json">summary.json</a>.</p>'
+            f'\n{banner}<table class="summary">\n{cells}\n</table>')
+
+
+def grid_html(entries: list, thumbs: dict[int, str]) -> str:
+    if not entries:
+        return "<p>No scored images.</p>"
+    return '<div class="grid">\n' + "\n".join(card_html(e, thumbs.get(e[0])) for e in entries) + "\n</div>"
+
+
+def card_html(entry: tuple, thumb: str | None) -> str:
+    rank, row, pct, flagged = entry
+    name = esc(Path(row.path).name)
+    picture = (f'<img src="{esc(thumb)}" alt="{name}" width="128" height="128">' if thumb
+               else '<div class="nothumb">no preview</div>')
+    link = file_uri(row.path)
+    if link:
+        picture = f'<a href="{esc(link)}">{picture}</a>'
+    pct_text = "" if pct is None else f"<br>above {pct:.1%} of normals"
+    flag = ' <span class="flag">anomaly</span>' if flagged else ""
+    return (f'<figure class="card{" flagged" if flagged else ""}">{picture}<figcaption>#{rank} · score '
+            f'{row.score:.4f}{flag}{pct_text}<br><span class="path">{esc(row.path)}</span></figcaption></figure>')
+
+
+def file_uri(path: str) -> str | None:
+    """Percent-encoded file:// URL of the original (spaces, #, %, quotes, non-ASCII and raw bytes all survive)."""
+    try:
+        return Path(os.path.abspath(path)).as_uri()
+    except (ValueError, OSError):
+        return None
+
+
+def failures_html(table: list) -> str:
+    failed = [row for _, row, _, _ in table if row.score is None]
+    if not failed:
+        return "<h2>Unreadable files (0)</h2>\n<p>None: every file was scored.</p>"
+    rows = "\n".join(f"<tr><td><code>{esc(r.path)}</code></td><td>{esc(r.error)}</td></tr>"
+                     for r in failed[:MAX_FAILURES_LISTED])
+    more = (f"<p>… and {len(failed) - MAX_FAILURES_LISTED} more; see scores.csv.</p>"
+            if len(failed) > MAX_FAILURES_LISTED else "")
+    return (f'<h2>Unreadable files ({len(failed)})</h2>\n<table class="failures" id="unreadable">\n'
+            f"<tr><th>file</th><th>reason</th></tr>\n{rows}\n</table>{more}")
+
+
+def page_html(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------- histogram
+
+def histogram_svg(scores: list[float], calibration: np.ndarray, threshold: float, bins: int = HIST_BINS,
+                  width: int = 720, height: int = 260) -> str:
+    """Bars: scanned images per score bin. Line: calibration normals, scaled to as many images as were
+    scanned (what the bars would look like if every image were normal). Red line: the threshold."""
+    scores_a = np.asarray(scores, dtype=np.float64)
+    cal = np.asarray(calibration, dtype=np.float64)
+    cal = cal[np.isfinite(cal)]
+    lo, hi = hist_range(np.concatenate([scores_a, cal, [threshold]]))
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.histogram(scores_a, edges)[0]
+    expected = np.histogram(cal, edges)[0] * (len(scores_a) or len(cal)) / len(cal) if len(cal) else None
+    ymax = max(float(counts.max(initial=0)), float(expected.max()) if expected is not None else 0.0, 1.0)
+
+    left, right, top, bottom = 48, 12, 44, 36  # the top margin holds the legend and the threshold label
+    pw, ph = width - left - right, height - top - bottom
+    x = lambda v: left + (v - lo) / (hi - lo) * pw  # noqa: E731
+    y = lambda c: top + ph * (1 - c / ymax)  # noqa: E731
+
+    parts = [f'<rect x="{x(a):.1f}" y="{y(c):.1f}" width="{max(x(b) - x(a) - 1, 0.5):.1f}" '
+             f'height="{y(0) - y(c):.1f}" fill="#6a8fc8"/>' for a, b, c in zip(edges[:-1], edges[1:], counts) if c]
+    if expected is not None:
+        pts = [f"{x(edges[0]):.1f},{y(0):.1f}"]
+        for a, b, e in zip(edges[:-1], edges[1:], expected):
+            pts += [f"{x(a):.1f},{y(e):.1f}", f"{x(b):.1f},{y(e):.1f}"]
+        pts.append(f"{x(edges[-1]):.1f},{y(0):.1f}")
+        parts.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="#2a2" stroke-width="2"/>')
+    tx = x(threshold)
+    parts.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{y(0):.1f}" stroke="#d33" '
+                 f'stroke-width="2" stroke-dasharray="5,3" class="threshold"/>')
+    anchor = "end" if tx > left + pw / 2 else "start"  # keep the label inside the picture
+    parts.append(f'<text x="{tx + (-4 if anchor == "end" else 4):.1f}" y="{top - 8}" fill="#d33" '
+                 f'text-anchor="{anchor}">threshold {threshold:.4g}</text>')
+    parts += axes_svg(lo, hi, ymax, x, y, left, width - right)
+    parts.append(legend_svg(left, 4, expected is not None))
+    label = (f"Histogram of {len(scores_a)} anomaly scores with the threshold at {threshold:.4g}"
+             + (f" and {len(cal)} calibration normals overlaid" if len(cal) else ""))
+    return (f'<svg id="score-histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(label)}">\n<title>{esc(label)}</title>\n'
+            + "\n".join(parts) + "\n</svg>")
+
+
+def hist_range(values: np.ndarray) -> tuple[float, float]:
+    """Span of all values with a little padding, so clustered scores still get readable bins."""
+    values = values[np.isfinite(values)]
+    lo, hi = float(values.min()), float(values.max())
+    pad = (hi - lo) * 0.03 or 0.05
+    return lo - pad, hi + pad
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6) -> np.ndarray:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) inside [lo, hi]."""
+    raw = (hi - lo) / target
+    power = 10 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    ticks = np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
+    return np.round(ticks, 12)
+
+
+def axes_svg(lo: float, hi: float, ymax: float, x, y, x0: float, x1: float) -> list[str]:
+    base = y(0)
+    out = [f'<line x1="{x0}" y1="{base:.1f}" x2="{x1}" y2="{base:.1f}" stroke="#333"/>',
+           f'<line x1="{x0}" y1="{y(ymax):.1f}" x2="{x0}" y2="{base:.1f}" stroke="#333"/>',
+           f'<text x="{x0 - 6}" y="{base:.1f}" text-anchor="end">0</text>',
+           f'<text x="{x0 - 6}" y="{y(ymax) + 4:.1f}" text-anchor="end">{ymax:.0f}</text>',
+           f'<text x="{(x0 + x1) / 2:.1f}" y="{base + 30:.1f}" text-anchor="middle">anomaly score</text>']
+    for v in nice_ticks(lo, hi):
+        out += [f'<line x1="{x(v):.1f}" y1="{base:.1f}" x2="{x(v):.1f}" y2="{base + 4:.1f}" stroke="#333"/>',
+                f'<text x="{x(v):.1f}" y="{base + 16:.1f}" text-anchor="middle">{v + 0.0:.3g}</text>']
+    return out
+
+
+def legend_svg(x0: float, y0: float, with_calibration: bool) -> str:
+    items = [("#6a8fc8", "scanned images")] + ([("#2a2", "calibration normals, scaled to the scan's count")]
+                                                if with_calibration else [])
+    rows = [f'<rect x="{x0 + 150 * i}" y="{y0}" width="10" height="10" fill="{c}"/>'
+            f'<text x="{x0 + 150 * i + 14}" y="{y0 + 9}">{esc(t)}</text>' for i, (c, t) in enumerate(items)]
+    return "\n".join(rows)
