@@ -1,0 +1,54 @@
+"""The library API in scikit-learn style: constructor stores, fit learns and returns self, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icsscan import ICSDetector
+from icsscan.config import ICSConfig, preset_config
+from icsscan.errors import NotFittedError, UsageError
+
+from conftest import mnist
+
+QUICK = dict(iterations=15, calibration_fraction=0.2, seed=0)
+
+
+def test_constructor_only_stores_arguments():
+    det = ICSDetector(preset="paper", rho=0.7, iterations=3)  # invalid rho is not checked until fit
+    assert det.preset == "paper" and det.rho == 0.7 and det.iterations == 3
+    with pytest.raises(UsageError, match="rho"):
+        det.fit(np.zeros((30, 8, 8), np.uint8))
+
+
+def test_unfitted_detector_says_so():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        ICSDetector().score_samples(np.zeros((2, 8, 8), np.uint8))
+
+
+def test_too_few_images_is_a_clear_error():
+    with pytest.raises(UsageError, match="at least 20"):
+        ICSDetector().fit(np.zeros((5, 16, 16), np.uint8))
+
+
+def test_presets_differ_as_documented():
+    paper, default = preset_config("paper"), preset_config("default")
+    assert paper.iterations == 10_000 and paper.batch_size == 64 and paper.l2 == 1e-6 and paper.backbone == "alexnet"
+    assert paper.score == "ics" and default.score == "ics+ssim"
+    assert ICSConfig.from_dict(default.to_dict()) == default
+
+
+def test_fit_on_arrays_with_calibration_and_percentiles():
+    x, y = mnist("MNIST", True)
+    zeros, others = x[y == 0][:150], x[y == 1][:40]
+    cfg = preset_config("default", ae_epochs=3, **QUICK)
+    det = ICSDetector(config=cfg).fit(zeros)
+    assert det.image_size_ == 28 and det.channels_ == 1
+    assert det.n_calibration_ == 30 and len(det.calibration_scores_) == 30
+    assert int(det.split_["atypical"].sum()) == 12  # floor(0.1 * 120)
+    scores = det.score_samples(np.concatenate([zeros[:20], others]))
+    assert scores.shape == (60,) and ((0 <= scores) & (scores <= 1)).all()
+    pct = det.normal_percentile(np.sort(scores))
+    assert (np.diff(pct) >= 0).all()
+    thr = det.threshold_for_false_alarm_rate(0.1)
+    assert np.mean(det.calibration_scores_ >= thr) <= 0.1 + 1e-9
+    assert set(det.predict(others, threshold=thr)) <= {0, 1}
