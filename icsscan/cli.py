@@ -7,6 +7,7 @@ Torch is imported only by split/train/export, so `scan` starts fast and runs wit
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -94,11 +95,29 @@ def main(
     STATE["debug"] = debug
 
 
+def is_icsscan_output(out: Path, marker: str) -> bool:
+    """True when `out` holds our marker file; a config.json or split.csv must also be icsscan's own, since
+    `train` replaces the whole folder and a folder with some other config.json is not ours to delete."""
+    path = out / marker
+    if not path.is_file():
+        return False
+    try:
+        if marker == "config.json":
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "created" in meta
+        if marker == "split.csv":
+            with open(path, encoding="utf-8") as f:
+                return f.readline().strip() == "path,ssim,rank,subset"
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def check_out_dir(out: Path, marker: str, force: bool) -> None:
     """Refuse to write into a non-empty folder that is not one of ours (unless --force)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists() and not force:
+    if out.is_dir() and any(out.iterdir()) and not is_icsscan_output(out, marker) and not force:
         raise UsageError(f"--out {out}: folder is not empty and is not an icsscan output; choose another or add --force")
 
 

@@ -24,6 +24,11 @@ GREY_TOLERANCE = 3  # max |R-G|, |G-B| (of 255) for an RGB image to count as gre
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We check the declared size ourselves (see decode_image); keep Pillow's own guard as a second line.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+# Pillow's warnings about the files it reads (decompression-bomb size, EXIF and palette chatter) are not for our
+# users: every real problem raises and becomes a reported row or a skip warning. Filtered once, here, because
+# warnings.catch_warnings() swaps a process-wide list and is not safe in the decoding threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 class DecodeError(Exception):
@@ -34,6 +39,12 @@ class DecodeError(Exception):
 class Failure:
     path: str
     reason: str
+
+
+def printable(path: str | os.PathLike) -> str:
+    """A file name for one-line messages: control characters (newline, tab, ...) and undecodable bytes escaped."""
+    text = os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def is_image_file(path: Path) -> bool:
@@ -82,6 +93,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        arr = np.where(np.isfinite(arr), arr, 0.0)  # NaN/inf pixels: 0, not an invalid cast (and a warning)
         arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
     else:
         return img
@@ -107,26 +119,24 @@ def decode_image(path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_M
     try:
         if os.path.getsize(path) == 0:
             raise DecodeError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/metadata chatter; real problems raise below
-            with Image.open(path) as img:
-                width, height = img.size
-                if width < 1 or height < 1:
-                    raise DecodeError(f"empty image ({width}x{height})")
-                if width * height > max_pixels:
-                    raise DecodeError(
-                        f"image too large ({width}x{height} px > {max_pixels} px limit; possible decompression bomb)"
-                    )
-                if img.format == "JPEG":
-                    img.draft("RGB", (size, size))  # let libjpeg decode at reduced scale: much faster
-                img.seek(0)
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _flatten_alpha(_to_8bit(img))
-                img = img.convert("RGB")
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
+        with Image.open(path) as img:
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise DecodeError(f"empty image ({width}x{height})")
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"image too large ({width}x{height} px > {max_pixels} px limit; possible decompression bomb)"
+                )
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # let libjpeg decode at reduced scale: much faster
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _flatten_alpha(_to_8bit(img))
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:

@@ -174,7 +174,8 @@ class ICSDetector:
         if isinstance(X, np.ndarray):
             return data.LoadedImages(array_to_rgb(X, size), [f"array[{i}]" for i in range(len(X))], [])
         paths = list_inputs(X)
-        on_failure = (lambda f: print(f"warning: skipped {f.path}: {f.reason}", file=sys.stderr)) if warn else None
+        on_failure = (lambda f: print(f"warning: skipped {data.printable(f.path)}: {f.reason}", file=sys.stderr)
+                      if warn else None)
         total = len(paths)
         done = [0]
 
@@ -182,7 +183,7 @@ class ICSDetector:
             done[0] += n
             self._tick("decode", done[0], total)
 
-        workers = self.workers if self.workers is not None else preset_config(self.preset).workers
+        workers = self.workers if self.workers is not None else (self.config or preset_config(self.preset)).workers
         return data.load_images(paths, size, workers=workers, on_failure=on_failure, progress=advance)
 
     def _tensor(self, rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -387,6 +388,7 @@ class ICSDetector:
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
         try:
             torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
             torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
@@ -402,7 +404,6 @@ class ICSDetector:
                 _export(self, tmp / "model.onnx", quiet=not self.verbose)
             write_json_atomic(tmp / "config.json", self.bundle_metadata())  # last: marks the bundle complete
             if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 os.replace(target, old)
                 os.replace(tmp, target)
                 shutil.rmtree(old, ignore_errors=True)
@@ -410,6 +411,8 @@ class ICSDetector:
                 os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not target.exists():  # interrupted between the two renames: put the old one back
+                os.replace(old, target)
             raise
         return target
 
@@ -440,9 +443,16 @@ class ICSDetector:
         try:
             meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
             cfg = ICSConfig.from_dict(meta["config"])
-            calibration = json.loads((directory / "calibration.json").read_text(encoding="utf-8"))
-        except (ValueError, KeyError, TypeError) as exc:
+            cfg.validate()
+            if cfg.image_size < 8 or cfg.channels not in (1, 3):
+                raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} are not a trained model's")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"{directory / 'config.json'}: not a valid icsscan config ({exc})") from None
+        try:
+            calibration = json.loads((directory / "calibration.json").read_text(encoding="utf-8"))
+            calibration_scores = np.sort(np.asarray(calibration.get("scores", []), dtype=np.float64).reshape(-1))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{directory / 'calibration.json'}: not a valid calibration file ({exc})") from None
         det = cls(config=cfg, device=device)
         det.config_, det.image_size_, det.channels_ = cfg, cfg.image_size, cfg.channels
         dev = resolve_device(device)
@@ -456,7 +466,7 @@ class ICSDetector:
                 reason = " ".join(str(exc).split())[:200]
                 raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
         det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
-        det.calibration_scores_ = np.sort(np.asarray(calibration.get("scores", []), dtype=np.float64))
+        det.calibration_scores_ = calibration_scores
         det.threshold_ = float(meta.get("threshold", 0.5))
         det.n_train_ = meta.get("n_train_files")
         det.n_calibration_ = meta.get("n_calibration_files")
@@ -464,7 +474,15 @@ class ICSDetector:
         det.timings_ = meta.get("timings", {})
         det.failures_ = []
         parity = directory / "parity_inputs.npy"
-        det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None
+        try:
+            det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None
+        except (OSError, ValueError, EOFError) as exc:  # allow_pickle=False refuses object arrays: no code runs
+            raise ModelError(f"{parity}: not a valid parity sample ({' '.join(str(exc).split())[:160]})") from None
+        expected = (cfg.image_size, cfg.image_size, 3)
+        if det.parity_inputs_ is not None and (det.parity_inputs_.dtype != np.uint8 or det.parity_inputs_.ndim != 4
+                                               or det.parity_inputs_.shape[1:] != expected):
+            raise ModelError(f"{parity}: parity sample is {det.parity_inputs_.dtype} {det.parity_inputs_.shape}, "
+                             f"expected uint8 (n, {', '.join(map(str, expected))})")
         det.metadata_ = meta
         return det
 

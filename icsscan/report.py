@@ -52,10 +52,16 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
         raise UsageError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
         raise UsageError(f"--out {out}: folder is not empty and not an icsscan report; choose another or add --force")
+    ours = (out / MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
     for stale in ("scores.csv", "summary.json", "junit.xml", "report.html"):
         (out / stale).unlink(missing_ok=True)  # never leave an older run's results beside a new one
+    flagged = out / "anomalous"
+    if ours and (flagged.is_symlink() or flagged.is_file()):
+        flagged.unlink()
+    elif ours and flagged.is_dir():
+        shutil.rmtree(flagged)  # an earlier run's copies would mix with this run's (only in our own folders)
     return out
 
 
