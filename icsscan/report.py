@@ -134,7 +134,7 @@ def summary_dict(result: ScanResult, table: list, folder: str, command: list[str
         "complete": not result.interrupted,
         "interrupted": result.interrupted,
         "finished": now_iso(),
-        "command": command,
+        "command": [safe_text(arg) for arg in command] if command else command,  # argv may hold undecodable bytes
         "folder": safe_text(str(folder)),
         "counts": {"files": result.n_files, "rows": len(result.rows), "scored": n_scored,
                    "unreadable": len(result.failures), "anomalies": len(result.anomalies),

@@ -109,7 +109,8 @@ def split_by_ssim(ssim_values: np.ndarray, rho: float) -> tuple[np.ndarray, np.n
 def write_split_csv(path: Path, paths: Sequence[str], ssim_values: np.ndarray, rank: np.ndarray,
                     atypical: np.ndarray) -> None:
     """split.csv ordered by rank (least similar first): path,ssim,rank,subset."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes and read back unchanged
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "ssim", "rank", "subset"])
         for i in np.argsort(rank):
@@ -118,7 +119,7 @@ def write_split_csv(path: Path, paths: Sequence[str], ssim_values: np.ndarray, r
 
 def read_split_csv(path: Path) -> dict[str, str]:
     """path → subset from a split.csv written by `icsscan split`."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         missing = {"path", "subset"} - set(reader.fieldnames or [])
         if missing:

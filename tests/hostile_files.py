@@ -172,6 +172,7 @@ def make_hostile_folder(root: Path) -> tuple[list[Path], list[Path]]:
         (root / name).write_bytes(blob)
     (root / "empty_folder.jpg").mkdir()
     os.symlink("..", root / "nested" / "loop")          # points back at root
+    os.symlink("..", root / "loop")                     # root's parent: callers keep root alone in it
     os.symlink(".", root / "a" / "b" / "self")           # points at its own folder
     os.mkfifo(root / "fifo.png")                          # not a regular file: must be ignored, never opened
     if os.geteuid() != 0:                                 # root reads everything; skip the permission case there

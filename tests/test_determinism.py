@@ -9,6 +9,8 @@ from conftest import SAMPLE
 
 @pytest.fixture(scope="module")
 def two_fits(tmp_path_factory):
+    import torch
+
     from icsscan import ICSDetector
     from icsscan.config import preset_config
     from icsscan.detector import write_split_rows
@@ -18,10 +20,15 @@ def two_fits(tmp_path_factory):
     cfg = preset_config("default", iterations=20, ae_epochs=2, batch_size=16, device="cpu", seed=7)
     out = tmp_path_factory.mktemp("determinism")
     fits = []
-    for k in range(2):
-        det = ICSDetector(config=cfg).fit(paths)
-        write_split_rows(out / f"split{k}.csv", det.split_)
-        fits.append(det)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and immune to a busy shared machine
+    try:
+        for k in range(2):
+            det = ICSDetector(config=cfg).fit(paths)
+            write_split_rows(out / f"split{k}.csv", det.split_)
+            fits.append(det)
+    finally:
+        torch.set_num_threads(threads)
     return fits, out
 
 

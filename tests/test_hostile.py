@@ -7,19 +7,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ICSSCAN, run_cli
 from hostile_files import bad_files, encode, make_hostile_folder, noise, tree_state
 from icsscan import data
 from icsscan.report import safe_text
 
 FORMULA = ("=", "+", "-", "@")
+# Training on a handful of 16x16 images: one torch thread is faster, and immune to a busy shared machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -34,7 +36,7 @@ def all_cells(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile") / "in" / "hostile"
+    root = tmp_path_factory.mktemp("hostile") / "in" / "hostile"  # alone in "in": hostile/loop -> .. adds nothing
     good, bad = make_hostile_folder(root)
     return root, good, bad
 
@@ -108,13 +110,15 @@ def test_formula_like_folder_names_are_neutralised(folder_name, tiny_bundle, tmp
 
 
 def _train_folder(root: Path, n_good: int = 22) -> list[Path]:
-    """n_good grey 16x16 PNGs plus broken files (incl. a name with a newline); returns the broken ones."""
+    """n_good + 1 grey 16x16 PNGs plus broken files (incl. a name with a newline); returns the broken ones."""
     root.mkdir(parents=True)
     for i in range(n_good):
         (root / f"good_{i:02d}.png").write_bytes(encode(noise((16, 16), "L", seed=i), "PNG"))
     broken = {k: v for k, v in bad_files().items() if k in (
         "truncated.png", "zero_bytes.png", "text.jpg", "random.png", "bomb_50000x50000.png", "bomb_15000x10000.png")}
     broken["bad\nname.png"] = b"junk"
+    # a readable image whose name is not valid UTF-8: it must be trained on and written to split.csv
+    (root / os.fsdecode(b"good_latin1_\xe9.png")).write_bytes(encode(noise((16, 16), "L", seed=99), "PNG"))
     paths = []
     for name, blob in broken.items():
         (root / name).write_bytes(blob)
@@ -139,22 +143,41 @@ def test_train_skips_bad_files_with_one_line_warnings(tmp_path):
     broken = _train_folder(tmp_path / "good")
     before = tree_state(tmp_path / "good")
     out = tmp_path / "model"
-    r = run_cli("train", tmp_path / "good", "--out", out, "--iterations", 5, "--device", "cpu", timeout=600)
+    r = run_cli("train", tmp_path / "good", "--out", out, "--iterations", 5, "--device", "cpu", timeout=600,
+                env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     _check_skip_warnings(r.stderr, broken)
     meta = json.loads((out / "config.json").read_text())
     assert meta["n_unreadable_files"] == len(broken)
-    assert meta["n_train_files"] + meta["n_calibration_files"] == 22
+    assert meta["n_train_files"] + meta["n_calibration_files"] == 23
     assert tree_state(tmp_path / "good") == before
 
 
 def test_split_skips_bad_files_with_one_line_warnings(tmp_path):
     broken = _train_folder(tmp_path / "good")
-    r = run_cli("split", tmp_path / "good", "--out", tmp_path / "split", "--epochs", 1, "--device", "cpu", timeout=600)
+    r = run_cli("split", tmp_path / "good", "--out", tmp_path / "split", "--epochs", 1, "--device", "cpu", timeout=600,
+                env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     _check_skip_warnings(r.stderr, broken)
-    rows = read_csv(tmp_path / "split" / "split.csv")
-    assert len(rows) == 22 and all(Path(row["path"]).name.startswith("good_") for row in rows)
+    from icsscan.split import read_split_csv
+
+    split = read_split_csv(tmp_path / "split" / "split.csv")
+    assert len(split) == 23 and all(Path(p).name.startswith("good_") for p in split)
+    assert str(tmp_path / "good" / os.fsdecode(b"good_latin1_\xe9.png")) in split  # round-trips exactly
+
+
+def test_scan_of_a_folder_whose_name_is_not_utf8(tiny_bundle, tmp_path):
+    name = os.fsdecode(b"folder_\xe9\xff")
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(noise((16, 16), "L"), "PNG"))
+    # the summary printed on stdout names the report folder in its own (non-UTF-8) bytes: read them as such
+    r = subprocess.run([*ICSSCAN, "scan", name, "--model", str(tiny_bundle), "--out", os.fsdecode(b"report_\xe9")],
+                       cwd=tmp_path, capture_output=True, text=True, errors="surrogateescape", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    summary = json.loads((tmp_path / os.fsdecode(b"report_\xe9") / "summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"]["scored"] == 1 and summary["complete"]
 
 
 # --------------------------------------------------------------------------------------------- outputs
