@@ -167,13 +167,10 @@ def write_report(result: ScanResult, out: Path, folder: str, formats: set[str], 
         copy_flagged(out, table)
         outputs.append("anomalous/")
     if html:
-        try:
-            from .html import write_html_report
-        except ImportError:
-            write_html_report = None
-        if write_html_report:
-            write_html_report(result, table, out)
-            outputs.append("report.html")
+        from .html import write_html_report
+
+        write_html_report(result, table, out)
+        outputs.append("report.html")
     summary = summary_dict(result, table, folder, command, outputs)
     write_json_atomic(out / "summary.json", summary)  # last: its presence marks a finished report
     return summary
