@@ -103,6 +103,11 @@ def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: onnxruntime's warnings are not for our users
+    # The decode threads share the cores with inference, and onnxruntime's intra-op threads busy-wait between ops
+    # by default, taking CPU from them (and from each other on a busy machine). Without spinning, the scan ran
+    # 1.6-2.2x faster on a loaded 2-core machine and within noise on a quiet one (benchmarks/results/scan_speed*.md).
+    # Sleeping threads change no score, only who gets the cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:
