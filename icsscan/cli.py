@@ -236,6 +236,11 @@ def scan(
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
     device: Device = "auto",
     force: Force = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; needs icsscan[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: cluster to join, 'auto' or HOST:PORT "
+                                                       "(default: start a local Ray).")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="With --engine ray: scoring actors (default: half the "
+                                                  "cluster's CPUs).")] = None,
 ) -> None:
     """Score every image under FOLDER and write a ranked report (scores.csv, summary.json, report.html)."""
     with errors_as_exit_codes():
@@ -247,12 +252,26 @@ def scan(
         unknown = wanted - {"csv", "json", "junit"}
         if unknown:
             raise UsageError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; use csv, json, junit")
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine {engine}: use local or ray")
+        if engine == "local" and (ray_address or actors is not None):
+            raise UsageError("--ray-address and --actors need --engine ray")
+        if engine == "ray":
+            from .ray_engine import import_ray
+
+            import_ray()  # without Ray: exit 2, "install icsscan[ray]", before any work
         if not folder.exists():
             raise UsageError(f"{folder}: no such file or folder")
         loaded_model = load_model(model, device=device)
         check_out_dir(out, MARKER, force)
         with scan_progress() as on_progress:
-            result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress)
+            if engine == "ray":
+                from .ray_engine import scan_folder_ray
+
+                result = scan_folder_ray(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
+                                         ray_address=ray_address, actors=actors, on_progress=on_progress)
+            else:
+                result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress)
         report_dir = prepare_out_dir(out, force=True)
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
         print_summary(summary, report_dir)
