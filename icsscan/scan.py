@@ -24,7 +24,7 @@ DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
 
 
-@dataclass
+@dataclass(slots=True)  # one per file is kept until the ranked report: keep them small
 class Row:
     path: str
     score: float | None
