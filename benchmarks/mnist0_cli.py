@@ -28,13 +28,6 @@ sys.path.insert(0, str(HERE.parent))
 from icsscan.runinfo import machine, now_iso, versions  # noqa: E402
 
 
-def read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=os.environ.get("ICSSCAN_DATA", str(HERE.parent.parent / "shared" / "data")))
@@ -42,9 +35,10 @@ def main() -> None:
     ap.add_argument("--digit", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    raw = Path(args.data_root) / "MNIST" / "raw"
-    x_tr, y_tr = read_idx(raw / "train-images-idx3-ubyte"), read_idx(raw / "train-labels-idx1-ubyte")
-    x_te, y_te = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    from torchvision.datasets import MNIST
+
+    train, test = (MNIST(args.data_root, train=t, download=False) for t in (True, False))
+    x_tr, y_tr, x_te, y_te = train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "good").mkdir()

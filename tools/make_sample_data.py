@@ -20,13 +20,6 @@ CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
 NORMAL = 7  # Sneaker
 
 
-def read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def main() -> None:
     here = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__)
@@ -36,9 +29,10 @@ def main() -> None:
     ap.add_argument("--n-incoming-normal", type=int, default=60)
     ap.add_argument("--n-incoming-other", type=int, default=60)
     args = ap.parse_args()
-    raw = Path(args.data_root) / "FashionMNIST" / "raw"
-    x_tr, y_tr = read_idx(raw / "train-images-idx3-ubyte"), read_idx(raw / "train-labels-idx1-ubyte")
-    x_te, y_te = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    from torchvision.datasets import FashionMNIST
+
+    train, test = (FashionMNIST(args.data_root, train=t, download=False) for t in (True, False))
+    x_tr, y_tr, x_te, y_te = train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
     rng = np.random.default_rng(0)
     out = Path(args.out)
     for sub in ("good", "incoming"):
