@@ -520,10 +520,13 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
             devs = sorted({r["device"] for r in rs if r["device"]})
             hashes = sorted({r["config_hash"] for r in rs})
             notes = sorted({r["note"].strip() for r in rs if r.get("note", "").strip()
-                            and "split" not in r["note"]})
+                            and r["note"].strip() not in ("split computed", "split reused from cache")})
             lines.append(f"| {m} | {ds} | {_ranges(classes)} ({len(classes)}) | {_ranges(seeds)} | "
-                         f"{', '.join(its) or '–'} | {(sum(secs) / len(secs)) if secs else 0:.0f} | "
+                         f"{', '.join(its) or '–'} | {f'{sum(secs) / len(secs):.0f}' if secs else '–'} | "
                          f"{', '.join(devs) or '–'} | {', '.join(hashes)} | {'; '.join(notes)[:200]} |")
+    missing = [m for m in pe.METHODS if m not in methods]
+    if missing:
+        lines += ["", f"Not run yet (no rows): {', '.join(missing)}."]
     lines += ["", "Method definitions (see `benchmarks/paper_eval.py`, `benchmarks/dsvdd.py`):", "",
               "- **icsscan**: `ICSDetector(preset=\"default\", seed=s).fit(train).score_samples(test)` — the CLI's "
               "code path (10 % of the training images held out for score calibration, fused ICS+SSIM score).",
@@ -544,6 +547,16 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
               "- **IF**: scikit-learn IsolationForest (100 trees), raw pixels in [0, 1], random_state = seed.",
               "- **ImageNet_OCSVM**: VGG19 ImageNet features + OCSVM — needs pretrained weights; n/a unless "
               "torchvision's VGG19 file is already in the torch hub cache (never downloaded).", ""]
+    rho_rows = read_rows(path.parent / "rho_sweep_raw.csv")
+    lines += ["## ρ sweep", "",
+              (f"{len(rho_rows)} cells in `rho_sweep_raw.csv`; see `rho_sweep.csv` / `rho_sweep.png` (partial when "
+               "fewer than 10 classes per dataset)." if rho_rows else
+               "Not run yet: `python benchmarks/table1.py --rho-sweep --datasets mnist --classes 0-2 --seeds 0` "
+               "(ρ ∈ {2.5, 5, 10, 15, 20, 30} %; the ρ = 10 % cells reuse this table's icsscan cells)."), "",
+              "## Compute notes", "",
+              "Runs on a shared 2-core CPU, one worker (`--jobs 1`) at `nice -n 10` with `--threads 1`: under load, "
+              "two torch threads were measured 5× slower than one (10 ICS iterations: 42 s vs 8 s). Seconds per "
+              "cell therefore vary with the machine's load and are not a speed benchmark.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
