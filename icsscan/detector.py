@@ -94,13 +94,6 @@ def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
     return float(q50), float(max((q75 - q25) / 1.349, 1e-6))
 
 
-def percentile_of(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
-    """Fraction of calibration normals scoring strictly lower: the image's place among normal images."""
-    if len(calibration_sorted) == 0:
-        return np.full(len(scores), np.nan)
-    return np.searchsorted(calibration_sorted, scores, side="left") / len(calibration_sorted)
-
-
 class ICSDetector:
     """Deep one-class classifier trained by intra-class splitting (Schlachter, Liao, Yang 2019).
 
@@ -348,7 +341,9 @@ class ICSDetector:
 
     def normal_percentile(self, scores: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        return percentile_of(np.asarray(scores), self.calibration_scores_)
+        from .scan import percentile_of  # the scanner's definition, so library and CLI report the same numbers
+
+        return np.array(percentile_of(np.asarray(scores, dtype=float).tolist(), self.calibration_scores_), dtype=float)
 
     def threshold_for_false_alarm_rate(self, rate: float) -> float:
         """The score above which about `rate` of normal images fall (from the calibration split)."""
