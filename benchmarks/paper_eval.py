@@ -131,7 +131,11 @@ METHODS = ("icsscan", "ICS", "NNwICS", "NaiveNN", "DSVDD", "SSIM", "OCSVM", "IF"
 #   SSIM         - 1 − SSIM of the same detector's split autoencoder (trained on its 90 % fit part), recorded
 #                  under the SSIM method with its own config hash and a note; a standalone SSIM run supersedes it.
 BYPRODUCTS = ("icsscan_ics",)
-ALL_METHODS = ("icsscan", "icsscan_ics") + METHODS[1:]   # report order
+ALL_METHODS = ("icsscan", "icsscan_ics") + METHODS[1:]   # report order (main tables)
+# Diagnostic rows written by each icsscan cell (same models, no extra training): one component alone, or the
+# fused score without one component. Reported in the ablation section, compared with the paper's ICS.
+ABLATION = ("icsscan", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
+            "icsscan_no_ics", "icsscan_no_ssim", "icsscan_no_rot", "icsscan_no_maha")
 DETERMINISTIC = {"OCSVM", "ImageNet_OCSVM"}   # one seed is enough (the paper's std is 0.0 for these)
 VGG19_FILE = "vgg19-dcbb9e9d.pth"            # torchvision's ImageNet VGG19 weights (never downloaded here)
 
@@ -265,23 +269,20 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
                           iterations=int(iterations) if iterations else None,
                           config=preset_config("default", ae_epochs=ae) if ae else None)
         det.fit(train)
-        scores = det.score_samples(test)
         config = {k: v for k, v in det.config_.to_dict().items() if k not in ("workers", "log_every")}
         xt = det._tensor(array_to_rgb(test, det.image_size_), next(det.scorer_.parameters()).device)
+        # One pass gives the components (for the ablation rows) and, through the scorer's own fusion, the score:
+        # exactly AnomalyScorer.forward, checked against score_samples on a slice.
+        scorer = det.scorer_
         with torch.no_grad():
-            parts = [det.scorer_.components(xt[i:i + 500]) for i in range(0, len(xt), 500)]
-        ics_logit = torch.cat([p[0].float().cpu() for p in parts]).double().numpy()
-        ssim_err = torch.cat([p[1].float().cpu() for p in parts]).double().numpy()
-        extra = [
-            {"method": "icsscan_ics", "scores": ics_logit, "note": "by-product of the icsscan cell: ICS logit alone",
-             "config": {**config, "score": "ics (logit)"}, "iterations": iterations_of(method, config)},
-            {"method": "SSIM", "scores": ssim_err,
-             "note": "by-product of the icsscan cell: its split AE (fit part, 90 % of the class's training images)",
-             "config": {"source": "icsscan detector split autoencoder", "ae_epochs": config["ae_epochs"],
-                        "ae_width": config["ae_width"], "ae_code_dim": config["ae_code_dim"],
-                        "calibration_fraction": config["calibration_fraction"], "score": "1 - SSIM(x, AE(x))"},
-             "iterations": f"{config['ae_epochs']} AE epochs"},
-        ]
+            chunks = [scorer.components(xt[i:i + 500]) for i in range(0, len(xt), 500)]
+            fused = [torch.sigmoid(scorer.fused_z(c) - scorer.offset) if len(scorer.parts) > 1 else scorer(xt[i:i + 500])
+                     for i, c in zip(range(0, len(xt), 500), chunks)]
+        scores = torch.cat([f.float().cpu() for f in fused]).double().numpy()
+        check = det.score_samples(test[:64])
+        assert np.allclose(check, scores[:64], atol=1e-6), "fused score differs from score_samples"
+        part = {p: torch.cat([c[p].float().cpu() for c in chunks]).double().numpy() for p in det.scorer_.parts}
+        extra = by_products(det, part, config)
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         from icsscan.config import preset_config
         from icsscan.train import train_ics
@@ -350,6 +351,34 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
     return {"scores": np.asarray(scores, dtype=np.float64), "config": config, "device": str(dev), "note": note,
             "iterations": iterations_of(method, config if method != "DSVDD" else plan),
             "extra": [] if rho is not None else extra}
+
+
+def by_products(det, part: dict[str, np.ndarray], config: dict) -> list[dict]:
+    """Ablation rows from one icsscan cell: each score component alone, and the fused score without each one."""
+    its = iterations_of("icsscan", config)
+    fusion = det.fusion_dict()
+    z = {p: np.sign(t) * np.log1p(np.abs(t)) for p, t in  # as AnomalyScorer.fused_z: standardise, signed log
+         ((p, (v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p, v in part.items())}
+    names = {"ics": "icsscan_ics", "rot": "icsscan_rot", "maha": "icsscan_maha"}
+    rows = []
+    for p, v in part.items():
+        if p == "ssim":
+            rows.append({"method": "SSIM", "scores": v,
+                         "note": "by-product of the icsscan cell: its split AE (fit part, 90 % of the class's training images)",
+                         "config": {"source": "icsscan detector split autoencoder", "ae_epochs": config["ae_epochs"],
+                                    "ae_width": config["ae_width"], "ae_code_dim": config["ae_code_dim"],
+                                    "calibration_fraction": config["calibration_fraction"], "score": "1 - SSIM(x, AE(x))"},
+                         "iterations": f"{config['ae_epochs']} AE epochs"})
+        else:
+            rows.append({"method": names[p], "scores": v, "note": f"by-product of the icsscan cell: its '{p}' component alone",
+                         "config": {**config, "score": p}, "iterations": its})
+    if len(part) > 2:  # leave-one-out ablation of the fused score (same models, same calibration)
+        for drop in part:
+            keep = [p for p in part if p != drop]
+            rows.append({"method": "icsscan_no_" + drop, "scores": np.mean([z[p] for p in keep], axis=0),
+                         "note": f"by-product of the icsscan cell: fused score without '{drop}'",
+                         "config": {**config, "score": "+".join(keep)}, "iterations": its})
+    return rows
 
 
 def imagenet_ocsvm(train: np.ndarray, test: np.ndarray, dev) -> tuple[np.ndarray, str]:

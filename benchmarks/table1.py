@@ -44,7 +44,8 @@ RHOS = (0.025, 0.05, 0.10, 0.15, 0.20, 0.30)
 PAPER_CSV = Path(os.environ.get("ICSSCAN_PAPER_TABLE", "/work/shared/docs/paper_table1.csv"))
 PAPER_METHODS = ("OCSVM", "IF", "ImageNet_OCSVM", "SSIM", "DSVDD", "NaiveNN", "NNwICS", "ICS")
 # The paper column each of our methods is compared with (icsscan is an ICS model: compared with ICS).
-PAPER_COLUMN = {"icsscan": "ICS", "icsscan_ics": "ICS", **{m: m for m in PAPER_METHODS}}
+PAPER_COLUMN = {**{m: "ICS" for m in pe.ABLATION}, **{m: m for m in PAPER_METHODS}}
+PREVIOUS_RAW = "table1_raw_previous_default.csv"   # icsscan rows of the earlier default (ics+ssim, 400 its)
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -503,12 +504,14 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
         lines.append(f"| {m} | {PAPER_COLUMN[m]} | " + " | ".join(vals) + " |")
     lines.append("")
 
+    lines += ablation_lines(table, path.parent)
+
     # what ran
     lines += ["## What ran", "",
               "| method | dataset | classes | seeds | iterations | mean s/cell | device | config hash | notes |",
               "|---|---|---|---|---|---|---|---|---|"]
     latest = latest_cells(raw_rows)
-    for m in methods:
+    for m in methods + [m for m in pe.ABLATION if m not in methods and any(t["method"] == m for t in table)]:
         for ds in pe.DATASETS:
             rs = [r for (d, _, mm, _), g in latest.items() if d == ds and mm == m for r in g]
             if not rs:
@@ -528,12 +531,14 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
     if missing:
         lines += ["", f"Not run yet (no rows): {', '.join(missing)}."]
     lines += ["", "Method definitions (see `benchmarks/paper_eval.py`, `benchmarks/dsvdd.py`):", "",
-              "- **icsscan**: `ICSDetector(preset=\"default\", seed=s).fit(train).score_samples(test)` — the CLI's "
-              "code path (10 % of the training images held out for score calibration, fused ICS+SSIM score).",
+              "- **icsscan**: `ICSDetector(preset=\"default\", seed=s).fit(train)` and its fused score on the test "
+              "set — the CLI's code path (10 % of the training images held out for score calibration; 200 ICS "
+              "iterations + a rotation step each, AE 8 epochs; score = mean of the signed-log standardised ICS logit, "
+              "split-AE SSIM error, rotation surprise and latent Mahalanobis distance).",
               "- **icsscan_ics** (diagnostic, no extra training): the same icsscan detector's ICS classifier logit "
-              "alone, i.e. the paper's score on our default network. The **SSIM** column may likewise hold the "
-              "icsscan detector's split-AE score (trained on its 90 % fit part; noted per row) when no standalone "
-              "SSIM run exists for that cell.",
+              "alone, i.e. the paper's score on our default network (trained jointly with the rotation head). The "
+              "**SSIM** column likewise holds the icsscan detector's split-AE score (trained on its 90 % fit part; "
+              "noted per row) when no standalone SSIM run exists for that cell. More by-products: see *Ablation*.",
               "- **ICS / NNwICS / NaiveNN**: the `paper` preset network (AlexNet-like) via `icsscan.train.train_ics` "
               "with losses `ics` / `bce` / `naive`, trained on all training images; ICS and NNwICS share the split "
               "(paper-preset AE + SSIM, ρ = 10 %). Score: the classifier's logit (monotone in its sigmoid output).",
@@ -554,10 +559,48 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
                "Not run yet: `python benchmarks/table1.py --rho-sweep --datasets mnist --classes 0-2 --seeds 0` "
                "(ρ ∈ {2.5, 5, 10, 15, 20, 30} %; the ρ = 10 % cells reuse this table's icsscan cells)."), "",
               "## Compute notes", "",
-              "Runs on a shared 2-core CPU, one worker (`--jobs 1`) at `nice -n 10` with `--threads 1`: under load, "
+              "Runs on a 2-core CPU, one or two workers (`--jobs 1|2`) at `nice` with `--threads 1`: under load, "
               "two torch threads were measured 5× slower than one (10 ICS iterations: 42 s vs 8 s). Seconds per "
               "cell therefore vary with the machine's load and are not a speed benchmark.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def ablation_lines(table: list[dict], results: Path) -> list[str]:
+    """Per-dataset means of icsscan and its by-products, over the classes where icsscan ran (same seeds)."""
+    cells = {(t["dataset"], t["class_index"], t["method"]): t for t in table if t["auc_mean"] != "n/a"}
+    paper = read_paper()
+    lines = ["## Ablation: what each part of icsscan's score contributes", "",
+             "Every icsscan cell also scores the test set with each component alone and with the fused score minus "
+             "one component (same trained models, same calibration; no extra training). Means over the classes where "
+             "icsscan ran; the paper's ICS mean over the same classes for reference.", "",
+             "| variant | " + " | ".join(pe.DATASETS) + " |", "|---|" + "---|" * len(pe.DATASETS)]
+    what = {"icsscan": "icsscan (ics+ssim+rot+maha)", "icsscan_ics": "ICS logit alone", "SSIM": "SSIM alone",
+            "icsscan_rot": "rotation surprise alone", "icsscan_maha": "Mahalanobis of z alone",
+            "icsscan_no_ics": "fused without ics", "icsscan_no_ssim": "fused without ssim",
+            "icsscan_no_rot": "fused without rot", "icsscan_no_maha": "fused without maha"}
+    ran = {ds: [c for c in range(10) if (ds, c, "icsscan") in cells] for ds in pe.DATASETS}
+    for m in pe.ABLATION:
+        vals = []
+        for ds in pe.DATASETS:
+            got = [float(cells[(ds, c, m)]["auc_mean"]) for c in ran[ds] if (ds, c, m) in cells]
+            vals.append(f"{sum(got) / len(got):.1f} [{len(got)}]" if got else "–")
+        lines.append(f"| {what[m]} | " + " | ".join(vals) + " |")
+    pv = []
+    for ds in pe.DATASETS:
+        p = [float(paper[(ds, c)]["ICS"]) for c in ran[ds] if paper.get((ds, c), {}).get("ICS")]
+        pv.append(f"{sum(p) / len(p):.1f} [{len(p)}]" if p else "–")
+    lines.append("| paper's ICS (same classes) | " + " | ".join(pv) + " |")
+    prev = [r for r in read_rows(results / PREVIOUS_RAW) if r["method"] == "icsscan" and _float(r["auc"]) is not None
+            and '"score":"ics+ssim"' in r["config"] and '"iterations":400' in r["config"]]
+    if prev:
+        vals = []
+        for ds in pe.DATASETS:
+            got = [float(r["auc"]) for r in prev if r["dataset"] == ds and r["seed"] == "0"]
+            cls = sorted({int(r["class_index"]) for r in prev if r["dataset"] == ds and r["seed"] == "0"})
+            vals.append(f"{sum(got) / len(got):.1f} [{_ranges(cls)}]" if got else "–")
+        lines.append("| previous default (ics+ssim, 400 its, AE 12 ep; seed 0; `" + PREVIOUS_RAW + "`) | "
+                     + " | ".join(vals) + " |")
+    return lines + [""]
 
 
 def _ranges(values: list[int]) -> str:

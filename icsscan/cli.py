@@ -173,7 +173,7 @@ def train(
     channels: Channels = 0,
     calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
                                                         "to calibrate thresholds.")] = 0.1,
-    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim or ics+ssim (default: the preset's).")] = "",
+    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim, rot, maha, or several joined by + (default: the preset's, ics+ssim+rot+maha).")] = "",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,

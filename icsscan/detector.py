@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from . import data
-from .config import ICSConfig, preset_config
+from .config import COMPONENTS, ICSConfig, preset_config, score_parts
 from .errors import ModelError, NotFittedError, UsageError
-from .models import ConvAutoencoder, ICSClassifier
+from .models import ConvAutoencoder, ICSClassifier, rotations4
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
 from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
 from .train import train_ics
@@ -46,41 +46,55 @@ def resolve_device(name: str) -> torch.device:
 class AnomalyScorer(nn.Module):
     """What `scan` computes (and what is exported to ONNX): pixels in [0, 1] → anomaly score in [0, 1].
 
-    kind = "ics": the classifier's sigmoid, as in the paper.
-    kind = "ssim": (1 − SSIM(x, AE(x))) / 2 from the split autoencoder.
-    kind = "ics+ssim": both, each standardised by its median and spread on held-out normal images, averaged,
-    then shifted so that 0.5 sits where the raw ICS output puts it by construction — at the (1 − ρ) quantile
-    of normal images. A signed log compresses far-out values so that strong anomalies stay ranked instead of all
-    saturating at 1.0.
+    Components (config.COMPONENTS): "ics" the classifier's logit, "ssim" the split autoencoder's 1 − SSIM(x, x̂),
+    "rot" the rotation head's surprise, "maha" the Mahalanobis distance of z to the normal training images.
+    kind = "ics": the classifier's sigmoid, as in the paper.  kind = "ssim": (1 − SSIM) / 2.
+    kind = several joined by "+": each standardised by its median and spread on held-out normal images,
+    compressed by a signed log (far-out values stay ranked instead of saturating, and no single component's
+    tail dominates), averaged, then shifted so that 0.5 sits where the raw ICS output puts it by construction —
+    at the (1 − ρ) quantile of normal images.
     """
 
     def __init__(self, classifier: ICSClassifier, autoencoder: ConvAutoencoder, kind: str,
                  fusion: dict[str, float] | None = None):
         super().__init__()
         self.classifier, self.autoencoder, self.kind = classifier, autoencoder, kind
+        self.parts = score_parts(kind)
         fusion = fusion or {}
-        for name in ("ics_center", "ics_scale", "ssim_center", "ssim_scale", "offset"):
-            default = 1.0 if name.endswith("scale") else 0.0
-            self.register_buffer(name, torch.tensor(float(fusion.get(name, default))))
+        for part in COMPONENTS:
+            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
+            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
+            # bundles written before weights were stored: the equal-weight average they were fitted with
+            weight = fusion.get(f"{part}_weight", 1.0 / len(self.parts))
+            self.register_buffer(f"{part}_weight", torch.tensor(float(weight)))
+        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
         channels, size = classifier.normalize.mean.shape[1], autoencoder.sizes[0]
         self.register_buffer("ssim_win", gaussian_window(channels, size), persistent=False)
 
-    def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ICS logit, SSIM error 1 − SSIM) per image."""
-        return self.classifier(x), 1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)
+    def components(self, x: torch.Tensor, parts: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Each requested component (default: this scorer's) per image, the classifier's from one shared pass."""
+        parts = parts or self.parts
+        out = self.classifier.scores(x, tuple(p for p in parts if p != "ssim"))
+        if "ssim" in parts:
+            out["ssim"] = 1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)
+        return out
 
-    def fused_z(self, ics_logit: torch.Tensor, ssim_err: torch.Tensor) -> torch.Tensor:
-        z_ics = (ics_logit - self.ics_center) / self.ics_scale
-        z_ssim = (ssim_err - self.ssim_center) / self.ssim_scale
-        return signed_log1p((z_ics + z_ssim) / 2)
+    def fused_z(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Average of the standardised components, each compressed by a signed log first.
+
+        Compressing before averaging keeps one component with a heavy tail on normal images (the rotation
+        surprise of an odd-looking but normal digit) from outvoting three that agree.
+        """
+        z = [getattr(self, f"{p}_weight") * signed_log1p((values[p] - getattr(self, f"{p}_center")) / getattr(self, f"{p}_scale"))
+             for p in self.parts]
+        return sum(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "ics":
             return torch.sigmoid(self.classifier(x))
         if self.kind == "ssim":
             return ((1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)) / 2).clamp(0, 1)
-        ics_logit, ssim_err = self.components(x)
-        return torch.sigmoid(self.fused_z(ics_logit, ssim_err) - self.offset)
+        return torch.sigmoid(self.fused_z(self.components(x)) - self.offset)
 
 
 def signed_log1p(z: torch.Tensor) -> torch.Tensor:
@@ -112,7 +126,7 @@ class ICSDetector:
     Attributes after `fit`
     ----------------------
     config_, image_size_, channels_, classifier_, autoencoder_, scorer_, split_ (dict), calibration_scores_
-    (sorted scores of held-out normals), decision_scores_ (training images), threshold_ (0.5 raw score),
+    (sorted scores of held-out normals), threshold_ (0.5 raw score),
     train_log_, failures_, timings_.
     """
 
@@ -287,12 +301,15 @@ class ICSDetector:
         # 3. score: calibrate on held-out normals (training images when there are too few)
         t = time.perf_counter()
         reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
+        if "maha" in score_parts(cfg.score):
+            fit_latent_gaussian(self.classifier_, images)
         self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score).to(device).eval()
-        if cfg.score == "ics+ssim":
-            self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score,
-                                         fit_fusion(self.scorer_, reference, cfg.rho)).to(device).eval()
+        self.rot_accuracy_ = None
+        if len(self.scorer_.parts) > 1:
+            fusion = fit_fusion(self.scorer_, reference, cfg.rho)
+            self.rot_accuracy_ = fusion.get("rot_accuracy")
+            self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score, fusion).to(device).eval()
         self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
-        self.decision_scores_ = self._score_tensor(images)
         self.threshold_ = 0.5
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = fit_paths
@@ -412,8 +429,11 @@ class ICSDetector:
         return target
 
     def fusion_dict(self) -> dict[str, float]:
-        names = ("ics_center", "ics_scale", "ssim_center", "ssim_scale", "offset")
-        return {n: float(getattr(self.scorer_, n)) for n in names}
+        names = [f"{p}_{k}" for p in self.scorer_.parts for k in ("center", "scale", "weight")] + ["offset"]
+        out = {n: float(getattr(self.scorer_, n)) for n in names}
+        if getattr(self, "rot_accuracy_", None) is not None:
+            out["rot_accuracy"] = self.rot_accuracy_
+        return out
 
     def calibration_dict(self) -> dict[str, Any]:
         scores = self.calibration_scores_
@@ -462,6 +482,7 @@ class ICSDetector:
                 raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
         det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
         det.calibration_scores_ = calibration_scores
+        det.rot_accuracy_ = (meta.get("fusion") or {}).get("rot_accuracy")
         det.threshold_ = float(meta.get("threshold", 0.5))
         det.n_train_ = meta.get("n_train_files")
         det.n_calibration_ = meta.get("n_calibration_files")
@@ -560,20 +581,46 @@ def calibration_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 @torch.no_grad()
+def fit_latent_gaussian(classifier: ICSClassifier, images: torch.Tensor) -> None:
+    """Mean and (Ledoit-Wolf shrunk) precision of z over the normal training images, into the classifier."""
+    from sklearn.covariance import LedoitWolf
+
+    classifier.eval()
+    z = torch.cat([classifier.embed(images[i:i + 256]).cpu() for i in range(0, len(images), 256)]).double().numpy()
+    gaussian = LedoitWolf().fit(z)
+    classifier.z_mean.copy_(torch.from_numpy(gaussian.location_).float())
+    classifier.z_precision.copy_(torch.from_numpy(gaussian.precision_).float())
+
+
+@torch.no_grad()
 def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float) -> dict[str, float]:
-    """Centre and spread of both components on reference normals, and the offset that puts 0.5 at (1 − ρ)."""
-    logits, errs = [], []
-    for i in range(0, len(reference), 256):
-        lg, er = scorer.components(reference[i:i + 256])
-        logits.append(lg.cpu())
-        errs.append(er.cpu())
-    logit, err = torch.cat(logits).double().numpy(), torch.cat(errs).double().numpy()
-    ic, is_ = robust_center_scale(logit)
-    sc, ss = robust_center_scale(err)
-    fusion = {"ics_center": ic, "ics_scale": is_, "ssim_center": sc, "ssim_scale": ss, "offset": 0.0}
-    z = signed_log1p(torch.from_numpy(((logit - ic) / is_ + (err - sc) / ss) / 2)).numpy()
-    fusion["offset"] = float(np.quantile(z, 1 - rho))
+    """Centre and spread of each component on reference normals, and the offset that puts 0.5 at (1 − ρ)."""
+    chunks = [scorer.components(reference[i:i + 256]) for i in range(0, len(reference), 256)]
+    fusion: dict[str, float] = {"offset": 0.0}
+    if "rot" in scorer.parts:  # recorded for the user: how learnable the rotation task is on their images
+        fusion["rot_accuracy"] = rotation_accuracy(scorer.classifier, reference)
+    z = 0.0
+    for part in scorer.parts:
+        values = torch.cat([c[part].cpu() for c in chunks]).double().numpy()
+        center, scale = robust_center_scale(values)
+        weight = 1.0 / len(scorer.parts)
+        fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weight
+        z = z + weight * signed_log1p(torch.from_numpy((values - center) / scale)).numpy()
+    fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - rho))
     return fusion
+
+
+@torch.no_grad()
+def rotation_accuracy(classifier: ICSClassifier, images: torch.Tensor) -> float:
+    """How often the rotation head names the right one of the 4 rotations of these images."""
+    hits, n = 0, 0
+    for i in range(0, len(images), 256):
+        x = images[i:i + 256]
+        logits = classifier.rotation_logits(rotations4(x))
+        truth = torch.arange(4, device=x.device).repeat_interleave(len(x))
+        hits += int((logits.argmax(1) == truth).sum())
+        n += len(truth)
+    return hits / max(n, 1)
 
 
 def threshold_for_rate(calibration_sorted: np.ndarray, rate: float) -> float:
@@ -592,7 +639,7 @@ def write_split_rows(path: Path, split: dict) -> None:
 
 
 def write_train_log(path: Path, rows: list[dict]) -> None:
-    columns = ["iteration", "closeness", "intra_class", "dispersion"]
+    columns = ["iteration", "closeness", "intra_class", "dispersion", "rotation"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -93,12 +93,57 @@ class ICSClassifier(nn.Module):
         act = nn.ReLU() if backbone == "alexnet" else nn.LeakyReLU(0.2)
         self.to_latent = nn.Sequential(nn.Linear(n_feat, hidden_dim), act, nn.Linear(hidden_dim, latent_dim))
         self.output = nn.Linear(latent_dim, 1)
+        # Self-supervised head (which of 4 rotations?); trained only when the config asks for it.
+        self.rotation_head = nn.Linear(n_feat, 4)
+        # Gaussian model of z on the normal training images (set after training; for the "maha" score).
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_precision", torch.eye(latent_dim))
+        self.register_buffer("rotation_pick", torch.eye(4).view(4, 1, 4))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.features(self.normalize(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.embed(x))[:, 0]
+
+    def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rotation_head(self.features(self.normalize(x)))
+
+    def rotation_surprise(self, x: torch.Tensor) -> torch.Tensor:
+        """−Σ_k log P(rotation k | x rotated by k·90°): low for familiar content, high for the unfamiliar."""
+        return self.scores(x, ("rot",))["rot"]
+
+    def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(x, ("maha",))["maha"]
+
+    def scores(self, x: torch.Tensor, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The classifier's score components ("ics" logit, "rot" surprise, "maha" distance) from one pass.
+
+        With "rot", the batch goes through the extractor once in each of 4 rotations; the 0° copy also
+        feeds z, so asking for all three costs 4 passes, not 6.
+        """
+        if not parts:
+            return {}
+        n = x.shape[0]
+        images = rotations4(x) if "rot" in parts else x
+        h = self.features(self.normalize(images))
+        out: dict[str, torch.Tensor] = {}
+        if "rot" in parts:
+            log_p = torch.log_softmax(self.rotation_head(h), dim=1).view(4, n, 4)
+            out["rot"] = -(log_p * self.rotation_pick).sum(dim=(0, 2))  # picks log_p[k, i, k]; no gather needed
+        if "ics" in parts or "maha" in parts:
+            z = self.to_latent(h[:n])
+            if "ics" in parts:
+                out["ics"] = self.output(z)[:, 0]
+            if "maha" in parts:
+                d = z - self.z_mean
+                out["maha"] = ((d @ self.z_precision) * d).sum(1).clamp_min(0).sqrt()
+        return out
+
+
+def rotations4(x: torch.Tensor) -> torch.Tensor:
+    """The batch shown at 0°, 90°, 180°, 270° (stacked in that order along the batch axis)."""
+    return torch.cat([x, x.flip(3).transpose(2, 3), x.flip(2).flip(3), x.transpose(2, 3).flip(3)])  # = torch.rot90
 
 
 class DistanceHead(nn.Module):

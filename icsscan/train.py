@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from .config import ICSConfig
-from .models import DistanceHead, ICSClassifier, conv_weights
+from .models import DistanceHead, ICSClassifier, conv_weights, rotations4
 
 
 # --- the three losses, in numerically stable form (logits in, never log(sigmoid(.))) -----------------------
@@ -29,6 +29,12 @@ def intra_class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 def dispersion_loss(dist_logits: torch.Tensor) -> torch.Tensor:
     """Atypical pairs should be far apart: −mean log dist = mean softplus(−logit)."""
     return F.softplus(-dist_logits).mean()
+
+
+def rotation_loss(clf: ICSClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Self-supervision: cross-entropy of telling which of the 4 rotations each image was shown in."""
+    labels = torch.arange(4, device=x.device).repeat_interleave(len(x))
+    return F.cross_entropy(clf.rotation_logits(rotations4(x)), labels)
 
 
 def pair_logits(head: DistanceHead, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
@@ -69,21 +75,26 @@ def train_ics(images: torch.Tensor, atypical: torch.Tensor, cfg: ICSConfig, devi
     def batch_from(pool: torch.Tensor, n: int) -> torch.Tensor:
         return images[pool[torch.randint(len(pool), (n,), generator=gen)].to(device)]
 
-    def step(loss: torch.Tensor) -> float:
+    # The rotation task gets its own Adam (its own moments and a faster rate) over the same network, so the
+    # self-supervised steps neither disturb the ICS steps' moment estimates nor crawl at the ICS rate.
+    rot_opt = torch.optim.Adam(clf.parameters(), lr=cfg.rotation_lr) if cfg.rotation else None
+
+    def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer = opt) -> float:
         total = loss + cfg.l2 * sum((w**2).sum() for w in kernels)
-        opt.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         total.backward()
         # The pairwise losses can push z to ever larger norms (dispersion has no bounded optimum);
         # clipping keeps Adam's steps finite instead of letting a spike turn the weights into NaN.
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        optimizer.step()
         return loss.item()
 
+    steps = LOSS_SETS[losses] + (("rotation",) if cfg.rotation else ())
     clf.train()
     head.train()
     for it in range(1, cfg.iterations + 1):
         log = {"iteration": it}
-        for name in LOSS_SETS[losses]:
+        for name in steps:
             if name == "closeness":
                 z_a, z_b = clf.embed(batch_from(typical_idx, B)), clf.embed(batch_from(typical_idx, B))
                 log["closeness"] = step(closeness_loss(pair_logits(head, z_a, z_b)))
@@ -98,6 +109,8 @@ def train_ics(images: torch.Tensor, atypical: torch.Tensor, cfg: ICSConfig, devi
             elif name == "naive":
                 x = batch_from(everything, B)
                 log["intra_class"] = step(intra_class_loss(clf(x), torch.zeros(B, device=device)))
+            elif name == "rotation":  # on every normal image, typical or atypical: a 4th step, like the others
+                log["rotation"] = step(rotation_loss(clf, batch_from(everything, cfg.rotation_batch)), rot_opt)
         if on_log and (it % cfg.log_every == 0 or it == cfg.iterations or it == 1):
             on_log(log)
     return clf.eval()

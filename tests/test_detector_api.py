@@ -33,7 +33,8 @@ def test_too_few_images_is_a_clear_error():
 def test_presets_differ_as_documented():
     paper, default = preset_config("paper"), preset_config("default")
     assert paper.iterations == 10_000 and paper.batch_size == 64 and paper.l2 == 1e-6 and paper.backbone == "alexnet"
-    assert paper.score == "ics" and default.score == "ics+ssim"
+    assert paper.score == "ics" and not paper.rotation
+    assert default.score == "ics+ssim+rot+maha" and default.rotation
     assert ICSConfig.from_dict(default.to_dict()) == default
 
 
