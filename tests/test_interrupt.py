@@ -49,8 +49,12 @@ def test_scan_5000_files_gives_5000_rows(many_files, tiny_bundle, tmp_path):
 def popen_cli(*args, cwd: Path) -> tuple[subprocess.Popen, Path]:
     err = cwd / "stderr.txt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # tiny tensors: 1 thread is faster
+    # A job started in the background by a non-interactive shell (`.ci/run &`, nohup) inherits SIGINT *ignored*,
+    # and Python then never turns SIGINT into KeyboardInterrupt: the signal would be lost and the test would hang.
+    # Give the child the default disposition, as an interactive Ctrl-C would find it.
     proc = subprocess.Popen([*ICSSCAN, *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=open(err, "w"), env=env)
+                            stderr=open(err, "w"), env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, err
 
 
