@@ -134,7 +134,7 @@ BYPRODUCTS = ("icsscan_ics",)
 ALL_METHODS = ("icsscan", "icsscan_ics") + METHODS[1:]   # report order (main tables)
 # Diagnostic rows written by each icsscan cell (same models, no extra training): one component alone, or the
 # fused score without one component. Reported in the ablation section, compared with the paper's ICS.
-ABLATION = ("icsscan", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
+ABLATION = ("icsscan", "icsscan_equal", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
             "icsscan_no_ics", "icsscan_no_ssim", "icsscan_no_rot", "icsscan_no_maha")
 DETERMINISTIC = {"OCSVM", "ImageNet_OCSVM"}   # one seed is enough (the paper's std is 0.0 for these)
 VGG19_FILE = "vgg19-dcbb9e9d.pth"            # torchvision's ImageNet VGG19 weights (never downloaded here)
@@ -259,6 +259,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     extra: list[dict] = []
+    components = None
     if method == "icsscan":
         from icsscan import ICSDetector
         from icsscan.config import preset_config
@@ -283,6 +284,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
         assert np.allclose(check, scores[:64], atol=1e-6), "fused score differs from score_samples"
         part = {p: torch.cat([c[p].float().cpu() for c in chunks]).double().numpy() for p in det.scorer_.parts}
         extra = by_products(det, part, config)
+        components = {"parts": part, "fusion": det.fusion_dict()}
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         from icsscan.config import preset_config
         from icsscan.train import train_ics
@@ -350,7 +352,17 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
         raise ValueError(f"unknown method {method!r}")
     return {"scores": np.asarray(scores, dtype=np.float64), "config": config, "device": str(dev), "note": note,
             "iterations": iterations_of(method, config if method != "DSVDD" else plan),
-            "extra": [] if rho is not None else extra}
+            "extra": [] if rho is not None else extra, "components": components}
+
+
+def save_components(path: Path, components: dict, y_test: np.ndarray) -> None:
+    """Per-image test scores of each icsscan component (and the fusion constants), so that a later change of
+    the fusion rule can be measured on the same models without retraining. Cache only, never committed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, y_test=y_test, fusion=json.dumps(components["fusion"]),
+                        **{f"part_{k}": v.astype(np.float32) for k, v in components["parts"].items()})
+    os.replace(tmp, path)
 
 
 def by_products(det, part: dict[str, np.ndarray], config: dict) -> list[dict]:
@@ -372,10 +384,15 @@ def by_products(det, part: dict[str, np.ndarray], config: dict) -> list[dict]:
         else:
             rows.append({"method": names[p], "scores": v, "note": f"by-product of the icsscan cell: its '{p}' component alone",
                          "config": {**config, "score": p}, "iterations": its})
+    if len({round(fusion[f"{p}_weight"], 9) for p in part}) > 1:  # the same components, equally weighted
+        rows.append({"method": "icsscan_equal", "scores": np.mean([z[p] for p in part], axis=0),
+                     "note": "by-product of the icsscan cell: the components averaged with equal weights",
+                     "config": {**config, "score": "+".join(part)}, "iterations": its})
     if len(part) > 2:  # leave-one-out ablation of the fused score (same models, same calibration)
         for drop in part:
             keep = [p for p in part if p != drop]
-            rows.append({"method": "icsscan_no_" + drop, "scores": np.mean([z[p] for p in keep], axis=0),
+            w = {p: fusion[f"{p}_weight"] for p in keep}   # the default's weights, renormalised over the rest
+            rows.append({"method": "icsscan_no_" + drop, "scores": sum(w[p] * z[p] for p in keep) / sum(w.values()),
                          "note": f"by-product of the icsscan cell: fused score without '{drop}'",
                          "config": {**config, "score": "+".join(keep)}, "iterations": its})
     return rows

@@ -173,7 +173,7 @@ def train(
     channels: Channels = 0,
     calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
                                                         "to calibrate thresholds.")] = 0.1,
-    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim, rot, maha, or several joined by + (default: the preset's, ics+ssim+rot+maha).")] = "",
+    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim, rot, maha, or several joined by +, each optionally weighted as name*w (default: the preset's, ics+ssim+rot*0.7+maha*2).")] = "",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,

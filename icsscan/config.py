@@ -6,12 +6,25 @@ from typing import Any
 
 # Score components (see AnomalyScorer): the ICS logit, the split AE's SSIM error, the surprise of the
 # rotation head, and the Mahalanobis distance of the latent z to the normal images. One name = that score
-# alone ("ics" = the paper's sigmoid output); several joined by "+" = their standardised average.
+# alone ("ics" = the paper's sigmoid output); several joined by "+" = their standardised, weighted average,
+# where "maha*2" gives that component weight 2 (default 1).
 COMPONENTS = ("ics", "ssim", "rot", "maha")
 
 
+def _score_terms(score: str) -> list[tuple[str, str]]:
+    return [tuple((t.split("*", 1) + ["1"])[:2]) for t in (p.strip() for p in score.split("+"))]
+
+
 def score_parts(score: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in score.split("+"))
+    """Component names of a score string, in order: "ics+rot*0.7" → ("ics", "rot")."""
+    return tuple(name.strip() for name, _ in _score_terms(score))
+
+
+def score_weights(score: str) -> dict[str, float]:
+    """Each component's share of the average (sums to 1): "ics+maha*3" → {"ics": 0.25, "maha": 0.75}."""
+    raw = {name.strip(): float(w) for name, w in _score_terms(score)}
+    total = sum(raw.values())
+    return {k: v / total for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class ICSConfig:
     rotation_batch: int = 64       # images per rotation step (each shown in 4 rotations)
     rotation_lr: float = 1e-3      # its own Adam (see train.py)
     # scoring
-    score: str = "ics+ssim+rot+maha"  # what the exported model outputs; see README "Scores"
+    score: str = "ics+ssim+rot*0.7+maha*2"  # what the exported model outputs; see README "Scores"
     calibration_fraction: float = 0.1
     # run
     seed: int = 0
@@ -77,7 +90,14 @@ class ICSConfig:
             raise ValueError("iterations must be ≥ 1 and batch_size ≥ 2")
         parts = score_parts(self.score)
         if not parts or any(p not in COMPONENTS for p in parts) or len(set(parts)) != len(parts):
-            raise ValueError(f"score must be one or more of {', '.join(COMPONENTS)} joined by '+', got {self.score!r}")
+            raise ValueError(f"score must be one or more of {', '.join(COMPONENTS)} joined by '+' "
+                             f"(each optionally weighted, e.g. maha*2), got {self.score!r}")
+        try:
+            weights = [float(w) for _, w in _score_terms(self.score)]
+        except ValueError:
+            raise ValueError(f"score weights must be numbers (e.g. rot*0.7), got {self.score!r}") from None
+        if any(not (w > 0 and w < float("inf")) for w in weights):
+            raise ValueError(f"score weights must be positive and finite, got {self.score!r}")
         if "rot" in parts and not self.rotation:
             raise ValueError("score 'rot' needs the rotation head (rotation=True)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -87,7 +107,8 @@ class ICSConfig:
 PRESETS: dict[str, ICSConfig] = {
     # icsscan's own recipe: a narrow CNN, 200 iterations, a self-supervised rotation head on the same
     # features, and a score that averages four standardised signals (ICS logit, split-AE SSIM error, rotation
-    # surprise, Mahalanobis distance of z). Fast on a laptop CPU; benchmarks/results/table1.md has the ablation.
+    # surprise ×0.7, Mahalanobis distance of z ×2: on digits the rotation features transfer to other digits,
+    # on photos they carry the score). Fast on a laptop CPU; benchmarks/results/table1.md has the ablation.
     "default": ICSConfig(),
     # The paper's text (Schlachter et al. 2019): AlexNet-like backbone, 10,000 iterations, batch 64,
     # L2 1e-6 on conv weights, Adam(3e-4, beta1 0.5) as in the authors' code, raw ICS output as score.

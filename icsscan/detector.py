@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import data
-from .config import COMPONENTS, ICSConfig, preset_config, score_parts
+from .config import COMPONENTS, ICSConfig, preset_config, score_parts, score_weights
 from .errors import ModelError, NotFittedError, UsageError
 from .models import ConvAutoencoder, ICSClassifier, rotations4
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
@@ -51,8 +51,8 @@ class AnomalyScorer(nn.Module):
     kind = "ics": the classifier's sigmoid, as in the paper.  kind = "ssim": (1 − SSIM) / 2.
     kind = several joined by "+": each standardised by its median and spread on held-out normal images,
     compressed by a signed log (far-out values stay ranked instead of saturating, and no single component's
-    tail dominates), averaged, then shifted so that 0.5 sits where the raw ICS output puts it by construction —
-    at the (1 − ρ) quantile of normal images.
+    tail dominates), averaged with the weights of the score string ("rot*0.7"), then shifted so that 0.5 sits
+    where the raw ICS output puts it by construction — at the (1 − ρ) quantile of normal images.
     """
 
     def __init__(self, classifier: ICSClassifier, autoencoder: ConvAutoencoder, kind: str,
@@ -90,9 +90,9 @@ class AnomalyScorer(nn.Module):
         return sum(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "ics":
+        if self.parts == ("ics",):
             return torch.sigmoid(self.classifier(x))
-        if self.kind == "ssim":
+        if self.parts == ("ssim",):
             return ((1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)) / 2).clamp(0, 1)
         return torch.sigmoid(self.fused_z(self.components(x)) - self.offset)
 
@@ -600,10 +600,11 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float) -> di
     if "rot" in scorer.parts:  # recorded for the user: how learnable the rotation task is on their images
         fusion["rot_accuracy"] = rotation_accuracy(scorer.classifier, reference)
     z = 0.0
+    weights = score_weights(scorer.kind)
     for part in scorer.parts:
         values = torch.cat([c[part].cpu() for c in chunks]).double().numpy()
         center, scale = robust_center_scale(values)
-        weight = 1.0 / len(scorer.parts)
+        weight = weights[part]
         fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weight
         z = z + weight * signed_log1p(torch.from_numpy((values - center) / scale)).numpy()
     fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - rho))

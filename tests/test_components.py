@@ -24,7 +24,10 @@ def test_rotations4_is_torch_rot90():
         assert torch.equal(r[3 * k:3 * (k + 1)], torch.rot90(x, k, (2, 3)))
 
 
-@pytest.mark.parametrize("score, reason", [("ics+foo", "one or more of"), ("ics+ics", "one or more of"), ("", "one or more of")])
+@pytest.mark.parametrize("score, reason", [
+    ("ics+foo", "one or more of"), ("ics+ics", "one or more of"), ("", "one or more of"),
+    ("ics+rot*x", "weights must be numbers"), ("ics+maha*0", "positive"), ("ics*-1+ssim", "positive"),
+    ("ics+maha*inf", "positive")])
 def test_bad_score_strings_are_refused(score, reason):
     with pytest.raises(UsageError, match=reason):
         ICSDetector(score=score or "+", iterations=2).fit(np.zeros((30, 12, 12), np.uint8))
@@ -57,10 +60,13 @@ def test_every_component_and_the_fusion_beat_chance(sevens_model):
     fused = roc_auc_score(is_anomaly, det.score_samples(images))
     assert all(a > 0.7 for a in aucs.values()), aucs
     assert fused > 0.9, (fused, aucs)
-    # fusion = the average of the standardised, signed-log-compressed components, through the sigmoid
+    # fusion = the weighted average (default ics 1, ssim 1, rot 0.7, maha 2) of the standardised,
+    # signed-log-compressed components, through the sigmoid
     f = det.fusion_dict()
+    weights = {"ics": 1.0, "ssim": 1.0, "rot": 0.7, "maha": 2.0}
+    assert all(np.isclose(f[f"{p}_weight"], weights[p] / 4.7) for p in parts)
     z = {p: (parts[p] - f[f"{p}_center"]) / f[f"{p}_scale"] for p in parts}
-    fused = np.mean([np.sign(v) * np.log1p(np.abs(v)) for v in z.values()], axis=0)
+    fused = sum(weights[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in z.items()) / 4.7
     want = 1 / (1 + np.exp(-(fused - f["offset"])))
     assert np.allclose(det.score_samples(images), want, atol=1e-5)
 
@@ -84,3 +90,12 @@ def test_shared_pass_gives_the_same_components_as_separate_calls(sevens_model):
         d = (clf.embed(x) - clf.z_mean).double()
         maha = torch.sqrt(torch.einsum("ni,ij,nj->n", d, clf.z_precision.double(), d))
         assert torch.allclose(together["maha"].double(), maha, atol=1e-3)
+
+
+def test_score_weights_are_parsed_and_normalised():
+    from icsscan.config import score_parts, score_weights
+
+    assert score_parts("ics+ssim+rot*0.7+maha*2") == ("ics", "ssim", "rot", "maha")
+    w = score_weights(" ics + maha*3 ")
+    assert w == {"ics": 0.25, "maha": 0.75}
+    preset_config("default", score="ssim*2+maha").validate()

@@ -34,7 +34,7 @@ def test_presets_differ_as_documented():
     paper, default = preset_config("paper"), preset_config("default")
     assert paper.iterations == 10_000 and paper.batch_size == 64 and paper.l2 == 1e-6 and paper.backbone == "alexnet"
     assert paper.score == "ics" and not paper.rotation
-    assert default.score == "ics+ssim+rot+maha" and default.rotation
+    assert default.score == "ics+ssim+rot*0.7+maha*2" and default.rotation
     assert ICSConfig.from_dict(default.to_dict()) == default
 
 
