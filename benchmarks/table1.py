@@ -562,7 +562,9 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
     rho_rows = read_rows(path.parent / "rho_sweep_raw.csv")
     lines += ["## ρ sweep", "",
               (f"{len(rho_rows)} cells in `rho_sweep_raw.csv`; see `rho_sweep.csv` / `rho_sweep.png` (partial when "
-               "fewer than 10 classes per dataset)." if rho_rows else
+               "fewer than 10 classes per dataset). Score of those cells: "
+               + ", ".join(f"`{s}`" for s in sorted({_score_of(r) for r in rho_rows}))
+               + "." if rho_rows else
                "Not run yet: `python benchmarks/table1.py --rho-sweep --datasets mnist --classes 0-2 --seeds 0` "
                "(ρ ∈ {2.5, 5, 10, 15, 20, 30} %; the ρ = 10 % cells reuse this table's icsscan cells)."), "",
               "## Compute notes", "",
@@ -620,6 +622,13 @@ def _ranges(values: list[int]) -> str:
         out.append(str(values[i]) if i == j else f"{values[i]}–{values[j]}")
         i = j + 1
     return ",".join(out)
+
+
+def _score_of(row: dict) -> str:
+    try:
+        return json.loads(row.get("config") or "{}").get("score", "?")
+    except ValueError:
+        return "?"
 
 
 def rho_report(results: Path) -> None:
