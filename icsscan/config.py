@@ -12,17 +12,19 @@ COMPONENTS = ("ics", "ssim", "rot", "maha")
 
 
 def _score_terms(score: str) -> list[tuple[str, str]]:
-    return [tuple((t.split("*", 1) + ["1"])[:2]) for t in (p.strip() for p in score.split("+"))]
+    """"ics + rot*0.7" → [("ics", "1"), ("rot", "0.7")] (name, weight text), whitespace stripped."""
+    terms = [(t.split("*", 1) + ["1"])[:2] for t in score.split("+")]
+    return [(name.strip(), weight.strip()) for name, weight in terms]
 
 
 def score_parts(score: str) -> tuple[str, ...]:
     """Component names of a score string, in order: "ics+rot*0.7" → ("ics", "rot")."""
-    return tuple(name.strip() for name, _ in _score_terms(score))
+    return tuple(name for name, _ in _score_terms(score))
 
 
 def score_weights(score: str) -> dict[str, float]:
     """Each component's share of the average (sums to 1): "ics+maha*3" → {"ics": 0.25, "maha": 0.75}."""
-    raw = {name.strip(): float(w) for name, w in _score_terms(score)}
+    raw = {name: float(w) for name, w in _score_terms(score)}
     total = sum(raw.values())
     return {k: v / total for k, v in raw.items()}
 
