@@ -121,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train OCSVM on a random subsample of at most this many images (default: all)")
     p.add_argument("--stop-at", default=None,
                    help="UTC time HH:MM after which no new cell is started (running cells finish)")
+    p.add_argument("--stop-after", type=float, default=None,
+                   help="minutes after the start after which no new cell is started (running cells finish)")
+    p.add_argument("--merge", action="append", default=[], metavar="RAW_CSV",
+                   help="append the rows of another raw file (e.g. a GPU machine's) whose cells are not here yet")
     p.add_argument("--interleave", action="store_true",
                    help="run class 0 of every dataset, then class 1, … (a partial run then covers every dataset)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, and stop")
@@ -331,12 +335,15 @@ def run(args, rho_sweep: bool) -> None:
         task = progress.add_task("cells", total=len(cells), info="")
         pending, queue, finished = set(), list(cells), 0
         t0 = time.time()
+
+        def stopping() -> bool:
+            return past(args.stop_at) or (args.stop_after is not None and time.time() - t0 > 60 * args.stop_after)
+
         while queue or pending:
-            while queue and len(pending) < jobs and not past(args.stop_at):
+            while queue and len(pending) < jobs and not stopping():
                 pending.add(pool.submit(run_one, queue.pop(0)))
             if not pending:
-                print(f"table1: --stop-at {args.stop_at} reached; {len(queue)} cells not started",
-                      file=sys.stderr, flush=True)
+                print(f"table1: stop time reached; {len(queue)} cells not started", file=sys.stderr, flush=True)
                 break
             done_now, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done_now:
@@ -706,10 +713,28 @@ def report(results: Path) -> None:
     print(f"table1: report written to {results}", file=sys.stderr)
 
 
+def merge(raw_path: Path, others: list[str]) -> None:
+    """Rows of other raw files whose (dataset, class, method, seed, config, rho) key is not in raw_path yet."""
+    done = {row_key(r) for r in read_rows(raw_path)}
+    writer = RawWriter(raw_path)
+    for other in others:
+        added = 0
+        for r in read_rows(Path(other)):
+            if row_key(r) not in done:
+                writer.write(r)
+                done.add(row_key(r))
+                added += 1
+        print(f"table1: merged {added} new rows from {other} into {raw_path}", file=sys.stderr)
+    writer.close()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(results / ("rho_sweep_raw.csv" if args.rho_sweep else "table1_raw.csv"), args.merge)
+        args.report = True
     if not args.report:
         run(args, rho_sweep=args.rho_sweep)
     if args.report or not args.no_report:
