@@ -3,13 +3,19 @@
 # That machine has torch/torchvision/scikit-learn/rich/typer but no pytorch-msssim, no ../shared data and no
 # internet, so the call carries `.whl` (the pytorch-msssim wheel) and one data pack from device_pack.py:
 #
-#   run(command="bash benchmarks/device_table1.sh cifar 6 --methods ICS,NNwICS,NaiveNN --seeds 0
-#                --iterations ICS=2000,NNwICS=2000,NaiveNN=2000 --jobs 12", carry=[".gpupack/cifar", ".whl"])
+#   run(command="bash benchmarks/device_table1.sh cifar 4 --methods ICS,NNwICS,NaiveNN --seeds 0
+#                --iterations ICS=1000,NNwICS=1000,NaiveNN=1000 --jobs 12", carry=[".gpupack/cifar", ".whl"],
+#       timeout_s=540)
+#
+# Sizing: the paper preset's network costs ≈ 1.3 GFLOP per 32×32 image (forward + backward), an ICS iteration
+# 5 batches of 64 ≈ 0.42 TFLOP, so 10,000 iterations × 150 runs ≈ 630 PFLOP: over 13 min even at the H200's
+# bf16 peak, before any launch overhead. A 15-minute device session therefore runs reduced iterations.
 #
 # GROUP (digits = MNIST + Fashion-MNIST, cifar = CIFAR-10 JPEG copy) picks the datasets; MINUTES stops starting
 # new cells after that long (running ones finish). The rest goes to table1.py. Results come back in $OUT:
-# table1_raw.csv (this checkout's raw file plus the new rows: finished cells are skipped), device_run.log and
-# device_info.txt. Here, `python benchmarks/table1.py --merge <files_at>/table1_raw.csv` takes the new rows in.
+# table1_raw.csv and rho_sweep_raw.csv (this checkout's raw files plus the new rows), device_run.log and
+# device_info.txt. Here, `python benchmarks/table1.py --merge <files_at>/table1_raw.csv` takes the new rows in
+# (`--rho-sweep --merge <files_at>/rho_sweep_raw.csv` for a ρ sweep).
 set -uo pipefail
 group=${1:?usage: device_table1.sh digits|cifar MINUTES [table1.py args]}
 minutes=${2:?usage: device_table1.sh digits|cifar MINUTES [table1.py args]}
@@ -44,6 +50,7 @@ cat "$OUT/device_info.txt"
 "$PY" benchmarks/device_pack.py unpack --to "$data" 2>&1 | tee -a "$OUT/device_info.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "device_table1: data unpack failed or differs; not running" >&2; exit 1; }
 
-cp benchmarks/results/table1_raw.csv "$OUT/table1_raw.csv"
+# Finished cells are skipped (a --rho-sweep run reads and writes rho_sweep_raw.csv; it reuses table1's ρ=10 % cells).
+cp benchmarks/results/table1_raw.csv benchmarks/results/rho_sweep_raw.csv "$OUT/"
 "$PY" benchmarks/table1.py --datasets "$datasets" --data-root "$data" --results-dir "$OUT" --no-report \
   --threads 1 --stop-after "$minutes" "$@" 2>&1 | tee "$OUT/device_run.log"
