@@ -566,14 +566,8 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
               "- **IF**: scikit-learn IsolationForest (100 trees), raw pixels in [0, 1], random_state = seed.",
               "- **ImageNet_OCSVM**: VGG19 ImageNet features + OCSVM — needs pretrained weights; n/a unless "
               "torchvision's VGG19 file is already in the torch hub cache (never downloaded).", ""]
-    rho_rows = read_rows(path.parent / "rho_sweep_raw.csv")
-    lines += ["## ρ sweep", "",
-              (f"{len(rho_rows)} cells in `rho_sweep_raw.csv`; see `rho_sweep.csv` / `rho_sweep.png` (partial when "
-               "fewer than 10 classes per dataset). Score of those cells: "
-               + ", ".join(f"`{s}`" for s in sorted({_score_of(r) for r in rho_rows}))
-               + "." if rho_rows else
-               "Not run yet: `python benchmarks/table1.py --rho-sweep --datasets mnist --classes 0-2 --seeds 0` "
-               "(ρ ∈ {2.5, 5, 10, 15, 20, 30} %; the ρ = 10 % cells reuse this table's icsscan cells)."), "",
+    lines += ["## ρ sweep", ""] + rho_lines(path.parent) + [""]
+    lines += [
               "## Compute notes", "",
               "Runs on a 2-core CPU, one or two workers (`--jobs 1|2`) at `nice` with `--threads 1`: under load, "
               "two torch threads were measured 5× slower than one (10 ICS iterations: 42 s vs 8 s). Seconds per "
@@ -638,8 +632,54 @@ def _score_of(row: dict) -> str:
         return "?"
 
 
+def _sweep_config(row: dict) -> str:
+    """A sweep cell's configuration without what varies inside one sweep (ρ, seed, the dataset's image
+    shape, the device): cells of one sweep share it."""
+    try:
+        cfg = json.loads(row.get("config") or "{}")
+    except ValueError:
+        return "?"
+    return json.dumps({k: v for k, v in cfg.items() if k not in ("rho", "seed", "channels", "image_size", "device")},
+                      sort_keys=True)
+
+
+def sweep_rows(rows: list[dict]) -> list[dict]:
+    """The finished cells of the most recent sweep configuration (the last row's), so that a sweep of a
+    changed default never mixes with the cells of an earlier one."""
+    rows = [r for r in rows if _float(r["auc"]) is not None]
+    if not rows:
+        return []
+    current = _sweep_config(rows[-1])
+    return [r for r in rows if _sweep_config(r) == current]
+
+
+def rho_lines(results: Path) -> list[str]:
+    """The ρ sweep section of table1.md: which cells count, and the curve as a table."""
+    all_rows = read_rows(results / "rho_sweep_raw.csv")
+    rows = sweep_rows(all_rows)
+    if not rows:
+        return ["Not run yet: `python benchmarks/table1.py --rho-sweep --seeds 0` (ρ ∈ {2.5, 5, 10, 15, 20, 30} %; "
+                "the ρ = 10 % cells reuse this table's icsscan cells)."]
+    out = [f"{len(rows)} finished cells of the current sweep configuration (score `{_score_of(rows[-1])}`) in "
+           "`rho_sweep_raw.csv`" + (f"; {len(all_rows) - len(rows)} cells of earlier configurations are kept there "
+                                     "but not counted" if len(all_rows) > len(rows) else "")
+           + ". Mean AUC over the classes that ran at every ρ (`rho_sweep.csv`, `rho_sweep.png`; partial when "
+           "fewer than 10 classes):", ""]
+    curve = read_rows(results / "rho_sweep.csv")
+    rhos = sorted({float(r["rho"]) for r in curve})
+    out += ["| dataset | classes | seeds | " + " | ".join(f"ρ {100 * r:g} %" for r in rhos) + " |",
+            "|---|---|---|" + "---|" * len(rhos)]
+    for ds in pe.DATASETS:
+        pts = {float(r["rho"]): r for r in curve if r["dataset"] == ds}
+        if pts:
+            first = next(iter(pts.values()))
+            out.append(f"| {pe.dataset_label(ds, first['data_source'])} | {first['classes']} | {first['seeds']} | "
+                       + " | ".join(pts[r]["auc_mean"] if r in pts else "–" for r in rhos) + " |")
+    return out
+
+
 def rho_report(results: Path) -> None:
-    rows = [r for r in read_rows(results / "rho_sweep_raw.csv") if _float(r["auc"]) is not None]
+    rows = sweep_rows(read_rows(results / "rho_sweep_raw.csv"))
     if not rows:
         return
     latest = latest_cells(rows)
@@ -664,8 +704,8 @@ def rho_report(results: Path) -> None:
                         "classes": _ranges(use), "seeds": _ranges(sorted(seeds[ds])), "auc_mean": f"{m:.2f}",
                         "auc_std_over_classes": f"{mean_std(vals)[1]:.2f}",
                         "partial": "yes" if len(use) < 10 else "no",
-                        "data_source": rows[0]["data_source"] if ds != "cifar10" else
-                        next(r["data_source"] for r in rows if r["dataset"] == ds)})
+                        "score": _score_of(rows[-1]),
+                        "data_source": next(r["data_source"] for r in rows if r["dataset"] == ds)})
             pts.append((100 * r, m, len(use), _ranges(use)))
         curves[ds] = pts
     with open(results / "rho_sweep.csv", "w", newline="", encoding="utf-8") as f:
@@ -701,6 +741,7 @@ def rho_report(results: Path) -> None:
 
 
 def report(results: Path) -> None:
+    rho_report(results)  # first: table1.md quotes rho_sweep.csv
     rows = read_rows(results / "table1_raw.csv")
     if rows:
         table = aggregate(rows)
@@ -709,7 +750,6 @@ def report(results: Path) -> None:
             w.writeheader()
             w.writerows(table)
         write_markdown(table, rows, results / "table1.md")
-    rho_report(results)
     print(f"table1: report written to {results}", file=sys.stderr)
 
 

@@ -90,3 +90,33 @@ def test_new_flags_parse():
     assert table1.parse_args(["--stop-after", "0.5"]).stop_after == 0.5
     assert table1.parse_args(["--merge", "a.csv", "--merge", "b.csv"]).merge == ["a.csv", "b.csv"]
     assert table1.parse_args([]).stop_after is None
+
+
+def sweep_row(dataset: str, cls: int, rho: float, auc: float, score: str, source: str) -> dict:
+    import json
+    config = {"score": score, "rho": rho, "seed": 0, "channels": 3 if dataset == "cifar10" else 1}
+    return {**raw_row(cls, "icsscan", f"{auc}"), "dataset": dataset, "rho": f"{rho:g}", "data_source": source,
+            "config": json.dumps(config), "config_hash": f"{score}-{rho}-{dataset}"}
+
+
+def test_rho_report_counts_only_the_current_sweep_and_names_each_source(tmp_path):
+    rows = [sweep_row("mnist", 0, rho, 10.0, "old", "MNIST src") for rho in (0.05, 0.1)]   # an earlier default
+    for ds, src in (("mnist", "MNIST src"), ("fashion_mnist", "Fashion src"), ("cifar10", "CIFAR src")):
+        for cls in (0, 1):
+            rows += [sweep_row(ds, cls, rho, 90.0 + cls + 10 * rho, "new", src) for rho in (0.05, 0.1)]
+    rows.append(sweep_row("mnist", 2, 0.05, 50.0, "new", "MNIST src"))   # class 2 lacks ρ 10 %: not averaged
+    with open(tmp_path / "rho_sweep_raw.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=table1.RAW_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    table1.rho_report(tmp_path)
+    curve = table1.read_rows(tmp_path / "rho_sweep.csv")
+    assert {(r["dataset"], r["data_source"]) for r in curve} == \
+        {("mnist", "MNIST src"), ("fashion_mnist", "Fashion src"), ("cifar10", "CIFAR src")}
+    mnist = {r["rho"]: r for r in curve if r["dataset"] == "mnist"}
+    assert mnist["0.05"]["auc_mean"] == "91.00" and mnist["0.1"]["auc_mean"] == "91.50"   # old cells ignored
+    assert mnist["0.1"]["classes"] == "0–1" and mnist["0.1"]["partial"] == "yes" and mnist["0.1"]["score"] == "new"
+    assert (tmp_path / "rho_sweep.png").stat().st_size > 1000
+    text = "\n".join(table1.rho_lines(tmp_path))
+    assert "13 finished cells" in text and "2 cells of earlier configurations" in text
+    assert "| MNIST | 0–1 | 0 | 91.00 | 91.50 |" in text
