@@ -246,11 +246,12 @@ def plan_cells(args, rho_sweep: bool) -> list[dict]:
 
     if rho_sweep:
         rhos = [float(r) for r in args.rhos.split(",") if r.strip()]
-        for ds in datasets:
-            for c in classes:
-                for seed in seeds:
-                    for rho in rhos:
-                        add("icsscan", ds, c, seed, rho)
+        order = [(ds, c) for c in classes for ds in datasets] if args.interleave else \
+                [(ds, c) for ds in datasets for c in classes]
+        for ds, c in order:
+            for seed in seeds:
+                for rho in rhos:
+                    add("icsscan", ds, c, seed, rho)
         return cells
     methods = name_list(args.methods, pe.METHODS)
     for i, seed in enumerate(seeds):
@@ -555,7 +556,12 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
               "noted per row) when no standalone SSIM run exists for that cell. More by-products: see *Ablation*.",
               "- **ICS / NNwICS / NaiveNN**: the `paper` preset network (AlexNet-like) via `icsscan.train.train_ics` "
               "with losses `ics` / `bce` / `naive`, trained on all training images; ICS and NNwICS share the split "
-              "(paper-preset AE + SSIM, ρ = 10 %). Score: the classifier's logit (monotone in its sigmoid output).",
+              "(paper-preset AE + SSIM, ρ = 10 %). Score: the classifier's logit (monotone in its sigmoid output). "
+              "The iterations column says how far they ran: on this CPU a full 10,000-iteration run costs ≈ 8–11 h "
+              "per task (`train_speed.md`), so CPU rows with 50 iterations are far from trained and measure the "
+              "harness, not the method. NaiveNN sees one label only (every image normal), so BCE drives it towards a "
+              "constant output; its AUC is whatever ranking the barely trained network leaves (below 50 is "
+              "possible: an inverted ranking).",
               "- **SSIM**: 1 − SSIM(x, AE(x)) of icsscan's split autoencoder (`train_autoencoder` with the default "
               "preset, all training images).",
               "- **DSVDD**: our one-class Deep SVDD after Ruff et al. 2018 (LeNet-type nets, AE pretraining, GCN-l1 + "
