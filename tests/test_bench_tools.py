@@ -120,3 +120,12 @@ def test_rho_report_counts_only_the_current_sweep_and_names_each_source(tmp_path
     text = "\n".join(table1.rho_lines(tmp_path))
     assert "13 finished cells" in text and "2 cells of earlier configurations" in text
     assert "| MNIST | 0–1 | 0 | 91.00 | 91.50 |" in text
+
+
+def test_interleaved_rho_sweep_covers_every_dataset_class_by_class():
+    args = table1.parse_args(["--rho-sweep", "--interleave", "--classes", "0-1", "--seeds", "0", "--rhos", "0.05,0.2"])
+    cells = table1.plan_cells(args, rho_sweep=True)
+    assert [(c["dataset"], c["class_index"], c["rho"]) for c in cells[:8]] == [
+        ("mnist", 0, 0.05), ("mnist", 0, 0.2), ("fashion_mnist", 0, 0.05), ("fashion_mnist", 0, 0.2),
+        ("cifar10", 0, 0.05), ("cifar10", 0, 0.2), ("mnist", 1, 0.05), ("mnist", 1, 0.2)]
+    assert len({c["key"] for c in cells}) == 12
