@@ -34,8 +34,9 @@ STATE = {"debug": False}
 Seed = Annotated[int, typer.Option(help="Random seed (same seed + CPU → identical results).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 Rho = Annotated[float, typer.Option(help="Fraction of normal images called atypical, 0 < rho < 0.5.")]
-ImageSize = Annotated[int, typer.Option("--image-size", help="Side in pixels images are resized to; 0 = "
-                                        "automatic (the training images' usual size, capped at 64).")]
+ImageSize = Annotated[int, typer.Option("--image-size", help="Global models: side in pixels images are resized to "
+                                        "(0 = the training images' usual size, capped at 64). Local models: the long "
+                                        "side, aspect ratio kept (0 = their own, clamped to 224-640).")]
 Channels = Annotated[int, typer.Option(help="1 (grey) or 3 (RGB); 0 = automatic (1 when all images are grey).")]
 Workers = Annotated[int, typer.Option(help="Threads that decode images in parallel.")]
 Force = Annotated[bool, typer.Option("--force", help="Write into --out even if it holds something else.")]
@@ -173,7 +174,13 @@ def train(
     channels: Channels = 0,
     calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
                                                         "to calibrate thresholds.")] = 0.1,
-    score: Annotated[str, typer.Option(help="What the model outputs: ics, ssim, rot, maha, or several joined by +, each optionally weighted as name*w (default: the preset's, ics+ssim+rot*0.7+maha*2).")] = "",
+    score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rot, maha; local "
+                                       "models: knn, pics, gknn; or several joined by +, each optionally weighted "
+                                       "as name*w (default: ics+ssim+rot*0.7+maha*2 global, knn+pics+gknn local).")] = "",
+    backbone: Annotated[str, typer.Option(help="auto (default: efficientnet-lite0 for images over 64 px, else "
+                                          "small), efficientnet-lite0 (ImageNet-pretrained, local scores and heat "
+                                          "maps at the images' own resolution), small or alexnet (global, from "
+                                          "scratch).")] = "auto",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,
@@ -186,7 +193,8 @@ def train(
         check_out_dir(out, "config.json", force)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
-                            calibration_fraction=calibration_fraction, score=score or None)
+                            calibration_fraction=calibration_fraction, score=score or None,
+                            backbone=None if backbone == "auto" else backbone)  # auto: the preset's
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv)
@@ -234,6 +242,8 @@ def scan(
     copy_flagged: Annotated[bool, typer.Option("--copy-flagged", help="Copy flagged images into REPORT/anomalous/.")] = False,
     formats: Annotated[str, typer.Option("--format", help="Comma list of csv, json, junit (csv and json always).")] = "csv,json",
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
+    maps: Annotated[bool, typer.Option("--maps", help="Local models: write an overlay PNG (image | heat map) of "
+                                       "every flagged image into REPORT/maps/.")] = False,
     device: Device = "auto",
     force: Force = False,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; needs icsscan[ray]).")] = "local",
@@ -264,15 +274,30 @@ def scan(
             raise UsageError(f"{folder}: no such file or folder")
         loaded_model = load_model(model, device=device)
         check_out_dir(out, MARKER, force)
-        with scan_progress() as on_progress:
-            if engine == "ray":
-                from .ray_engine import scan_folder_ray
+        if maps and not loaded_model.has_map:
+            raise UsageError(f"--maps: {loaded_model.path} is a global model without anomaly maps "
+                             "(train with --backbone efficientnet-lite0)")
+        if maps and engine == "ray":
+            raise UsageError("--maps works with --engine local only")
+        maps_tmp = out / f".maps-{os.getpid()}.tmp" if maps else None
+        try:
+            with scan_progress() as on_progress:
+                if engine == "ray":
+                    from .ray_engine import scan_folder_ray
 
-                result = scan_folder_ray(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
-                                         ray_address=ray_address, actors=actors, on_progress=on_progress)
-            else:
-                result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress)
-        report_dir = prepare_out_dir(out, force=True)
+                    result = scan_folder_ray(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
+                                             ray_address=ray_address, actors=actors, on_progress=on_progress)
+                else:
+                    result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
+                                         on_progress, maps_dir=maps_tmp)
+            report_dir = prepare_out_dir(out, force=True)
+            if maps_tmp is not None:
+                install_maps(maps_tmp, report_dir / "maps")
+        finally:
+            if maps_tmp is not None and maps_tmp.exists():
+                import shutil
+
+                shutil.rmtree(maps_tmp, ignore_errors=True)
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
         print_summary(summary, report_dir)
         if result.interrupted:
@@ -281,6 +306,17 @@ def scan(
             raise typer.Exit(130)
         if fail_on_anomaly and result.anomalies:
             raise typer.Exit(1)
+
+
+def install_maps(spool: Path, target: Path) -> None:
+    """Move this scan's overlays into REPORT/maps/, replacing an earlier run's (never following a symlink)."""
+    import shutil
+
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    os.replace(spool, target)
 
 
 def print_summary(summary: dict, out: Path) -> None:

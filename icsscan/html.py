@@ -25,7 +25,7 @@ from .scan import ScanResult
 TOP_K = 24  # thumbnails in each of the "most anomalous" and "most normal" grids
 THUMB_SIZE = 128  # max side of a thumbnail in pixels
 THUMB_DIR = "thumbs"
-THUMB_NAME = re.compile(r"\d{6}\.png")
+THUMB_NAME = re.compile(r"\d{6}(_map)?\.png")
 MAX_FAILURES_LISTED = 1000  # beyond this the page points to scores.csv instead of growing without bound
 HIST_BINS = 40
 
@@ -40,6 +40,8 @@ table.summary td{padding:2px 12px 2px 0;vertical-align:top} table.summary td:fir
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 figure.card{margin:0;width:150px;border:2px solid #ccc;border-radius:4px;padding:6px;background:#fafafa}
 figure.card.flagged{border-color:#d33;background:#fff0f0}
+figure.card.withmap{width:290px}.pair{display:flex;gap:6px;justify-content:center}
+figure.card .pair img{margin:0}
 figure.card img,.nothumb{display:block;width:128px;height:128px;margin:auto;object-fit:contain;
   image-rendering:pixelated;background:#eee}
 .nothumb{line-height:128px;text-align:center;color:#888;font-size:12px}
@@ -60,13 +62,15 @@ def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = T
     out = Path(out)
     top, bottom = pick_grids(table, top_k)
     thumbs = write_thumbnails(out, top + bottom)
+    heat = write_map_thumbnails(out, top, result.maps) if result.maps else {}
     scores = [row.score for _, row, _, _ in table if row.score is not None]
     body = "\n".join([
         summary_html(result),
         "<h2>Score distribution</h2>",
         histogram_svg(scores, result.model.calibration, result.threshold),
         f"<h2>Most anomalous ({len(top)})</h2>",
-        grid_html(top, thumbs),
+        MAP_LEGEND if heat else "",
+        grid_html(top, thumbs, heat),
         f"<h2>Most normal ({len(bottom)}), for contrast</h2>",
         grid_html(bottom, thumbs),
         failures_html(table),
@@ -98,6 +102,47 @@ def write_thumbnails(out: Path, entries: list) -> dict[int, str]:
         if make_thumbnail(row.path, folder / name):
             made[rank] = quote(f"{THUMB_DIR}/{name}")
     return made
+
+
+MAP_LEGEND = ("<p>Beside each image: its anomaly map over it (blue = as typical as normal images, red = least "
+              "typical; the ring marks the peak, whose position is <code>peak_x, peak_y</code> in scores.csv).</p>")
+
+
+def write_map_thumbnails(out: Path, entries: list, maps: dict) -> dict[int, str]:
+    """For entries whose anomaly map the scan kept: a thumbnail of the image with the map over it."""
+    from .maps import side_by_side
+
+    folder, made = out / THUMB_DIR, {}
+    for rank, row, _, _ in entries:
+        if row.path not in maps:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rgb = data.decode_image(row.path, thumb_wh(row.path))
+            pair = side_by_side(rgb, maps[row.path], _peak_in(rgb, maps[row.path]))
+            overlay_only = pair.crop((rgb.shape[1] + 4, 0, pair.width, pair.height))
+            name = f"{int(rank):06d}_map.png"
+            save_png_atomic(overlay_only, folder / name)
+            made[rank] = quote(f"{THUMB_DIR}/{name}")
+        except Exception:  # noqa: BLE001 - a missing overlay must never fail the scan
+            continue
+    return made
+
+
+def thumb_wh(path: str) -> tuple[int, int]:
+    """(width, height) of a thumbnail of `path` keeping its aspect ratio (from the header), longer side THUMB_SIZE."""
+    with Image.open(path) as img:
+        w, h = img.size
+    scale = THUMB_SIZE / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _peak_in(rgb, anomaly_map) -> tuple[int, int]:
+    import numpy as np
+
+    i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+    return int((j + 0.5) * rgb.shape[1] / anomaly_map.shape[1]), int((i + 0.5) * rgb.shape[0] / anomaly_map.shape[0])
 
 
 def fresh_thumb_dir(out: Path) -> Path:
@@ -169,13 +214,15 @@ def summary_html(result: ScanResult) -> str:
             f'\n{banner}<table class="summary">\n{cells}\n</table>')
 
 
-def grid_html(entries: list, thumbs: dict[int, str]) -> str:
+def grid_html(entries: list, thumbs: dict[int, str], heat: dict[int, str] | None = None) -> str:
     if not entries:
         return "<p>No scored images.</p>"
-    return '<div class="grid">\n' + "\n".join(card_html(e, thumbs.get(e[0])) for e in entries) + "\n</div>"
+    heat = heat or {}
+    return ('<div class="grid">\n' + "\n".join(card_html(e, thumbs.get(e[0]), heat.get(e[0])) for e in entries)
+            + "\n</div>")
 
 
-def card_html(entry: tuple, thumb: str | None) -> str:
+def card_html(entry: tuple, thumb: str | None, heat: str | None = None) -> str:
     rank, row, pct, flagged = entry
     name = esc(Path(row.path).name)
     picture = (f'<img src="{esc(thumb)}" alt="{name}" width="128" height="128">' if thumb
@@ -183,10 +230,15 @@ def card_html(entry: tuple, thumb: str | None) -> str:
     link = file_uri(row.path)
     if link:
         picture = f'<a href="{esc(link)}">{picture}</a>'
+    if heat:
+        picture = (f'<div class="pair">{picture}<img class="heat" src="{esc(heat)}" alt="anomaly map of {name}" '
+                   f'width="128" height="128"></div>')
     pct_text = "" if pct is None else f"<br>above {pct:.1%} of normals"
+    peak_text = "" if row.peak_x is None else f"<br>peak at x={row.peak_x}, y={row.peak_y}"
     flag = ' <span class="flag">anomaly</span>' if flagged else ""
-    return (f'<figure class="card{" flagged" if flagged else ""}">{picture}<figcaption>#{rank} · score '
-            f'{row.score:.4f}{flag}{pct_text}<br><span class="path">{esc(row.path)}</span></figcaption></figure>')
+    classes = "card" + (" flagged" if flagged else "") + (" withmap" if heat else "")
+    return (f'<figure class="{classes}">{picture}<figcaption>#{rank} · score '
+            f'{row.score:.4f}{flag}{pct_text}{peak_text}<br><span class="path">{esc(row.path)}</span></figcaption></figure>')
 
 
 def file_uri(path: str) -> str | None:

@@ -86,6 +86,7 @@ class ICSClassifier(nn.Module):
     def __init__(self, channels: int, image_size: int, backbone: str = "small", width: int = 32,
                  hidden_dim: int = 256, latent_dim: int = 128):
         super().__init__()
+        backbone = "small" if backbone == "auto" else backbone  # "auto" resolves to small for global models
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
         self.normalize = Normalize(channels)

