@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +28,7 @@ app = typer.Typer(name="icsscan", no_args_is_help=True, add_completion=False, pr
                   help="Learn what normal images look like from a folder of good ones, then rank new images by "
                        "how abnormal they look (deep one-class classification with intra-class splitting).\n\n"
                        + EXIT_CODES)
-STATE = {"debug": False}
+STATE = {"debug": False, "held": ExitStack()}
 
 # --- options shared by several verbs (defined once) ---------------------------------------------------------
 Seed = Annotated[int, typer.Option(help="Random seed (same seed + CPU → identical results).")]
@@ -65,7 +65,8 @@ def errors_as_exit_codes():
     except ValueError:  # not in the main thread (e.g. inside a test runner thread)
         pass
     try:
-        yield
+        with STATE["held"]:  # locks taken by claim_out, released when the command ends
+            yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -74,6 +75,7 @@ def errors_as_exit_codes():
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         fail(exc)
     finally:
+        STATE["held"] = ExitStack()
         try:
             signal.signal(signal.SIGTERM, previous)
         except (ValueError, TypeError):
@@ -121,6 +123,15 @@ def check_out_dir(out: Path, marker: str, force: bool) -> None:
         raise UsageError(f"--out {out}: folder is not empty and is not an icsscan output; choose another or add --force")
 
 
+def claim_out(out: Path, parent: bool = False) -> None:
+    """Before any work: refuse an --out that cannot be written, or that another icsscan is writing (exit 2);
+    then hold its lock until the command ends. `parent`: the output is renamed into place in out's parent."""
+    from .files import check_writable, out_lock
+
+    check_writable(out, parent=parent)
+    STATE["held"].enter_context(out_lock(out))
+
+
 def make_detector(preset: str, **kwargs):
     from .detector import ICSDetector
     from .progress import training_progress
@@ -148,6 +159,7 @@ def split(
         from .config import preset_config
 
         check_out_dir(out, "split.csv", force)
+        claim_out(out)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, ae_epochs=epochs or None)
         det, progress = make_detector(preset, config=cfg)
@@ -184,6 +196,7 @@ def train(
         from .config import preset_config
 
         check_out_dir(out, "config.json", force)
+        claim_out(out, parent=True)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
                             calibration_fraction=calibration_fraction, score=score or None)
@@ -264,6 +277,7 @@ def scan(
             raise UsageError(f"{folder}: no such file or folder")
         loaded_model = load_model(model, device=device)
         check_out_dir(out, MARKER, force)
+        claim_out(out)
         with scan_progress() as on_progress:
             if engine == "ray":
                 from .ray_engine import scan_folder_ray
@@ -300,7 +314,21 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def run() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code != 130:
+            raise
+        # A Ctrl-C / SIGTERM that lands while code run by exec() or eval() of a string is on the stack (dataclass
+        # and namedtuple creation in a lazy import do that) sets CPython's "unhandled KeyboardInterrupt" flag even
+        # though we caught it, and `python -m icsscan` then kills itself with SIGINT at exit (status -2, not 130).
+        # Everything is cleaned up by now: leave before the interpreter looks at that flag.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
 
 
 if __name__ == "__main__":

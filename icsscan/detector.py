@@ -24,6 +24,7 @@ from torch import nn
 from . import data
 from .config import COMPONENTS, ICSConfig, preset_config, score_parts, score_weights
 from .errors import ModelError, NotFittedError, UsageError
+from .files import NO_SPACE, OutputError, default_mode
 from .models import ConvAutoencoder, ICSClassifier, rotations4
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
 from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
@@ -400,6 +401,7 @@ class ICSDetector:
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp.chmod(default_mode(folder=True))  # mkdtemp's 0700 would hide the bundle from everyone else
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         try:
             torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
@@ -421,10 +423,13 @@ class ICSDetector:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if old.exists() and not target.exists():  # interrupted between the two renames: put the old one back
                 os.replace(old, target)
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE or isinstance(exc, OutputError):
+                raise OutputError(f"{target.parent}: no space left on device while saving the model bundle; "
+                                  f"the previous bundle in {target}, if any, is unchanged") from None
             raise
         return target
 
@@ -480,10 +485,15 @@ class ICSDetector:
             except RuntimeError as exc:
                 reason = " ".join(str(exc).split())[:200]
                 raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
-        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
+        try:  # hand-edited or damaged fusion / threshold: a model problem (exit 3), not an internal error
+            det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, meta.get("fusion")).to(dev).eval()
+            det.rot_accuracy_ = (meta.get("fusion") or {}).get("rot_accuracy")
+            det.threshold_ = float(meta.get("threshold", 0.5))
+            if not np.isfinite(det.threshold_):
+                raise ValueError(f"threshold {det.threshold_}")
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            raise ModelError(f"{directory / 'config.json'}: malformed fusion or threshold ({exc})") from None
         det.calibration_scores_ = calibration_scores
-        det.rot_accuracy_ = (meta.get("fusion") or {}).get("rot_accuracy")
-        det.threshold_ = float(meta.get("threshold", 0.5))
         det.n_train_ = meta.get("n_train_files")
         det.n_calibration_ = meta.get("n_calibration_files")
         det.created_ = meta.get("created")
