@@ -174,7 +174,7 @@ def split(
 
 @app.command()
 def train(
-    folder: Annotated[Path, typer.Argument(help="Folder of normal (good) images, searched recursively.")],
+    folder: Annotated[Path, typer.Argument(help="Folder of normal (good) images, searched recursively (symlinks followed, also outside it).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model bundle folder.")] = Path("icsscan-model"),
     split_csv: Annotated[Optional[Path], typer.Option("--split", help="Reuse a split.csv from `icsscan split`.")] = None,
     preset: Annotated[str, typer.Option(help="default (fast, icsscan's recipe) or paper (the paper's settings).")] = "default",
@@ -235,7 +235,7 @@ def export(
 
 @app.command(epilog=EXIT_CODES)
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively).")],
+    folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively; symlinked files and folders are followed, also where they lead outside FOLDER).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder or .onnx file.")] = Path("icsscan-model"),
     threshold: Annotated[Optional[float], typer.Option(help="Raw anomaly-score threshold in [0, 1] (model default 0.5).")] = None,
     false_alarm_rate: Annotated[Optional[float], typer.Option(help="Set the threshold so that about this fraction of "
