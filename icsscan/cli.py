@@ -249,6 +249,8 @@ def scan(
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
     device: Device = "auto",
     force: Force = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan from the partial results "
+                                         "in --out (same model and folder), scoring only the files not done yet.")] = False,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; needs icsscan[ray]).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: cluster to join, 'auto' or HOST:PORT "
                                                        "(default: start a local Ray).")] = None,
@@ -269,6 +271,8 @@ def scan(
             raise UsageError(f"--engine {engine}: use local or ray")
         if engine == "local" and (ray_address or actors is not None):
             raise UsageError("--ray-address and --actors need --engine ray")
+        if engine == "ray" and resume:
+            raise UsageError("--resume works with --engine local only")
         if engine == "ray":
             from .ray_engine import import_ray
 
@@ -278,6 +282,7 @@ def scan(
         loaded_model = load_model(model, device=device)
         check_out_dir(out, MARKER, force)
         claim_out(out)
+        partial = start_partial(out, loaded_model.sha256, folder, resume) if engine == "local" else None
         with scan_progress() as on_progress:
             if engine == "ray":
                 from .ray_engine import scan_folder_ray
@@ -285,9 +290,12 @@ def scan(
                 result = scan_folder_ray(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
                                          ray_address=ray_address, actors=actors, on_progress=on_progress)
             else:
-                result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress)
+                result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers, on_progress,
+                                     done=partial.done, on_rows=partial.add)
         report_dir = prepare_out_dir(out, force=True)
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
+        if partial:
+            partial.close(finished=not result.interrupted)  # kept after an interrupt: `--resume` continues from it
         print_summary(summary, report_dir)
         if result.interrupted:
             typer.echo(f"icsscan: interrupted; partial report ({len(result.rows)} of {result.n_files} files) "
@@ -295,6 +303,19 @@ def scan(
             raise typer.Exit(130)
         if fail_on_anomaly and result.anomalies:
             raise typer.Exit(1)
+
+
+def start_partial(out: Path, model_sha256: str, folder: Path, resume: bool):
+    """Open --out's partial-results file (rows of an interrupted scan kept with --resume, else started afresh)."""
+    from .report import MARKER
+    from .resume import PartialWriter, read_partial
+
+    done = read_partial(out, model_sha256, folder) if resume else {}
+    if resume and not done:
+        typer.echo(f"icsscan: --resume: no partial scan in {out}; scanning every file", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")  # ours, even if the scan stops here
+    return PartialWriter(out, model_sha256, folder, done)
 
 
 def print_summary(summary: dict, out: Path) -> None:

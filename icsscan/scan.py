@@ -277,8 +277,12 @@ def list_scan_files(folder: str | os.PathLike) -> list[Path]:
 
 def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike = DEFAULT_MODEL,
                 threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 64,
-                workers: int = 4, on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
-    """Score every image file under `folder`; returns all rows (unreadable files have score None)."""
+                workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
+                done: dict[str, Row] | None = None, on_rows: Callable[[list[Row]], None] | None = None) -> ScanResult:
+    """Score every image file under `folder`; returns all rows (unreadable files have score None).
+
+    `done`: rows of an earlier, interrupted scan by path (those files are not scored again); `on_rows` gets
+    each finished batch's rows (`resume.PartialWriter.add`)."""
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
     if not isinstance(model, ScanModel):
@@ -286,17 +290,20 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     thr, source = resolve_threshold(model, threshold, false_alarm_rate)
     files = list_scan_files(folder)
     started = time.perf_counter()
-    rows: list[Row] = []
-    done = [0]
+    rows: list[Row] = [done[str(f)] for f in files if str(f) in done] if done else []
+    todo = [str(f) for f in files if not done or str(f) not in done]
+    count = [len(rows)]
 
     def tick(n: int) -> None:
-        done[0] += n
+        count[0] += n
+        if on_rows:
+            on_rows(rows[-n:])
         if on_progress:
-            on_progress(done[0], len(files))
+            on_progress(count[0], len(files))
 
     interrupted = False
     try:
-        for row in stream_rows(model, [str(f) for f in files], batch_size, workers, tick):
+        for row in stream_rows(model, todo, batch_size, workers, tick):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
