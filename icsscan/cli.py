@@ -313,8 +313,9 @@ def start_partial(out: Path, model_sha256: str, folder: Path, resume: bool):
     done = read_partial(out, model_sha256, folder) if resume else {}
     if resume and not done:
         typer.echo(f"icsscan: --resume: no partial scan in {out}; scanning every file", err=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")  # ours, even if the scan stops here
+    if not out.exists() or not any(out.iterdir()):  # a folder we create is ours, even if the scan stops here
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
     return PartialWriter(out, model_sha256, folder, done)
 
 
