@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +28,7 @@ app = typer.Typer(name="icsscan", no_args_is_help=True, add_completion=False, pr
                   help="Learn what normal images look like from a folder of good ones, then rank new images by "
                        "how abnormal they look (deep one-class classification with intra-class splitting).\n\n"
                        + EXIT_CODES)
-STATE = {"debug": False}
+STATE = {"debug": False, "held": ExitStack()}
 
 # --- options shared by several verbs (defined once) ---------------------------------------------------------
 Seed = Annotated[int, typer.Option(help="Random seed (same seed + CPU → identical results).")]
@@ -66,7 +66,8 @@ def errors_as_exit_codes():
     except ValueError:  # not in the main thread (e.g. inside a test runner thread)
         pass
     try:
-        yield
+        with STATE["held"]:  # locks taken by claim_out, released when the command ends
+            yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -75,6 +76,7 @@ def errors_as_exit_codes():
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         fail(exc)
     finally:
+        STATE["held"] = ExitStack()
         try:
             signal.signal(signal.SIGTERM, previous)
         except (ValueError, TypeError):
@@ -122,6 +124,15 @@ def check_out_dir(out: Path, marker: str, force: bool) -> None:
         raise UsageError(f"--out {out}: folder is not empty and is not an icsscan output; choose another or add --force")
 
 
+def claim_out(out: Path, parent: bool = False) -> None:
+    """Before any work: refuse an --out that cannot be written, or that another icsscan is writing (exit 2);
+    then hold its lock until the command ends. `parent`: the output is renamed into place in out's parent."""
+    from .files import check_writable, out_lock
+
+    check_writable(out, parent=parent)
+    STATE["held"].enter_context(out_lock(out))
+
+
 def make_detector(preset: str, **kwargs):
     from .detector import ICSDetector
     from .progress import training_progress
@@ -149,6 +160,7 @@ def split(
         from .config import preset_config
 
         check_out_dir(out, "split.csv", force)
+        claim_out(out)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, ae_epochs=epochs or None)
         det, progress = make_detector(preset, config=cfg)
@@ -163,7 +175,7 @@ def split(
 
 @app.command()
 def train(
-    folder: Annotated[Path, typer.Argument(help="Folder of normal (good) images, searched recursively.")],
+    folder: Annotated[Path, typer.Argument(help="Folder of normal (good) images, searched recursively (symlinks followed, also outside it).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model bundle folder.")] = Path("icsscan-model"),
     split_csv: Annotated[Optional[Path], typer.Option("--split", help="Reuse a split.csv from `icsscan split`.")] = None,
     preset: Annotated[str, typer.Option(help="default (fast, icsscan's recipe) or paper (the paper's settings).")] = "default",
@@ -191,6 +203,7 @@ def train(
         from .config import preset_config
 
         check_out_dir(out, "config.json", force)
+        claim_out(out, parent=True)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
                             calibration_fraction=calibration_fraction, score=score or None,
@@ -230,7 +243,7 @@ def export(
 
 @app.command(epilog=EXIT_CODES)
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively).")],
+    folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively; symlinked files and folders are followed, also where they lead outside FOLDER).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder or .onnx file.")] = Path("icsscan-model"),
     threshold: Annotated[Optional[float], typer.Option(help="Raw anomaly-score threshold in [0, 1] (model default 0.5).")] = None,
     false_alarm_rate: Annotated[Optional[float], typer.Option(help="Set the threshold so that about this fraction of "
@@ -246,6 +259,8 @@ def scan(
                                        "every flagged image into REPORT/maps/.")] = False,
     device: Device = "auto",
     force: Force = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan from the partial results "
+                                         "in --out (same model and folder), scoring only the files not done yet.")] = False,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; needs icsscan[ray]).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: cluster to join, 'auto' or HOST:PORT "
                                                        "(default: start a local Ray).")] = None,
@@ -266,6 +281,8 @@ def scan(
             raise UsageError(f"--engine {engine}: use local or ray")
         if engine == "local" and (ray_address or actors is not None):
             raise UsageError("--ray-address and --actors need --engine ray")
+        if engine == "ray" and resume:
+            raise UsageError("--resume works with --engine local only")
         if engine == "ray":
             from .ray_engine import import_ray
 
@@ -279,6 +296,8 @@ def scan(
                              "(train with --backbone efficientnet-lite0)")
         if maps and engine == "ray":
             raise UsageError("--maps works with --engine local only")
+        claim_out(out)
+        partial = start_partial(out, loaded_model.sha256, folder, resume) if engine == "local" else None
         maps_tmp = out / f".maps-{os.getpid()}.tmp" if maps else None
         try:
             with scan_progress() as on_progress:
@@ -289,7 +308,7 @@ def scan(
                                              ray_address=ray_address, actors=actors, on_progress=on_progress)
                 else:
                     result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
-                                         on_progress, maps_dir=maps_tmp)
+                                         on_progress, done=partial.done, on_rows=partial.add, maps_dir=maps_tmp)
             report_dir = prepare_out_dir(out, force=True)
             if maps_tmp is not None:
                 install_maps(maps_tmp, report_dir / "maps")
@@ -299,6 +318,8 @@ def scan(
 
                 shutil.rmtree(maps_tmp, ignore_errors=True)
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
+        if partial:
+            partial.close(finished=not result.interrupted)  # kept after an interrupt: `--resume` continues from it
         print_summary(summary, report_dir)
         if result.interrupted:
             typer.echo(f"icsscan: interrupted; partial report ({len(result.rows)} of {result.n_files} files) "
@@ -319,6 +340,20 @@ def install_maps(spool: Path, target: Path) -> None:
     os.replace(spool, target)
 
 
+def start_partial(out: Path, model_sha256: str, folder: Path, resume: bool):
+    """Open --out's partial-results file (rows of an interrupted scan kept with --resume, else started afresh)."""
+    from .report import MARKER
+    from .resume import PartialWriter, read_partial
+
+    done = read_partial(out, model_sha256, folder) if resume else {}
+    if resume and not done:
+        typer.echo(f"icsscan: --resume: no partial scan in {out}; scanning every file", err=True)
+    if not out.exists() or not any(out.iterdir()):  # a folder we create is ours, even if the scan stops here
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
+    return PartialWriter(out, model_sha256, folder, done)
+
+
 def print_summary(summary: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -336,7 +371,21 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def run() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code != 130:
+            raise
+        # A Ctrl-C / SIGTERM that lands while code run by exec() or eval() of a string is on the stack (dataclass
+        # and namedtuple creation in a lazy import do that) sets CPython's "unhandled KeyboardInterrupt" flag even
+        # though we caught it, and `python -m icsscan` then kills itself with SIGINT at exit (status -2, not 130).
+        # Everything is cleaned up by now: leave before the interpreter looks at that flag.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from . import data
 from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, LOCAL_COMPONENTS, LOCAL_DEFAULT_SCORE, ICSConfig, preset_config,
                      score_parts, score_weights)
 from .errors import ModelError, NotFittedError, UsageError
+from .files import NO_SPACE, OutputError, default_mode
 from .models import ConvAutoencoder, ICSClassifier, rotations4
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
 from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
@@ -506,6 +507,7 @@ class ICSDetector:
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp.chmod(default_mode(folder=True))  # mkdtemp's 0700 would hide the bundle from everyone else
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         try:
             if self.config_.is_local:
@@ -530,10 +532,13 @@ class ICSDetector:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if old.exists() and not target.exists():  # interrupted between the two renames: put the old one back
                 os.replace(old, target)
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE or isinstance(exc, OutputError):
+                raise OutputError(f"{target.parent}: no space left on device while saving the model bundle; "
+                                  f"the previous bundle in {target}, if any, is unchanged") from None
             raise
         return target
 
@@ -588,12 +593,17 @@ class ICSDetector:
         det = cls(config=cfg, device=device)
         det.config_, det.image_size_, det.channels_ = cfg, cfg.image_size, cfg.channels
         dev = resolve_device(device)
-        if cfg.is_local:
-            det._load_local(directory, meta, dev)
-        else:
-            det._load_global(directory, meta, dev)
+        try:  # hand-edited or damaged fusion / threshold: a model problem (exit 3), not an internal error
+            if cfg.is_local:
+                det._load_local(directory, meta, dev)
+            else:
+                det._load_global(directory, meta, dev)
+            det.threshold_ = float(meta.get("threshold", 0.5))
+            if not np.isfinite(det.threshold_):
+                raise ValueError(f"threshold {det.threshold_}")
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            raise ModelError(f"{directory / 'config.json'}: malformed fusion or threshold ({exc})") from None
         det.calibration_scores_ = calibration_scores
-        det.threshold_ = float(meta.get("threshold", 0.5))
         det.n_train_ = meta.get("n_train_files")
         det.n_calibration_ = meta.get("n_calibration_files")
         det.created_ = meta.get("created")
@@ -641,9 +651,6 @@ class ICSDetector:
                 reason = " ".join(str(exc).split())[:200]
                 raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
         fusion = meta.get("fusion")
-        if fusion is not None and not (isinstance(fusion, dict)
-                                       and all(isinstance(v, (int, float)) for v in fusion.values())):
-            raise ModelError(f"{directory / 'config.json'}: malformed fusion entry (expected numbers by name)")
         det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, fusion).to(dev).eval()
         det.rot_accuracy_ = (fusion or {}).get("rot_accuracy")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from html import escape
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import __version__, data
+from .files import atomic_write, write_text_atomic
 from .runinfo import now_iso
 from .scan import ScanResult
 
@@ -179,14 +179,8 @@ def make_thumbnail(src: str, dst: Path, size: int = THUMB_SIZE) -> bool:
 
 
 def save_png_atomic(img: Image.Image, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".thumb.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, dst)  # replaces a link named dst itself, never the file it points to
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dst, "wb") as f:  # replaces a link named dst itself, never the file it points to
+        img.save(f, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -266,17 +260,6 @@ def page_html(title: str, body: str) -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- histogram

@@ -9,16 +9,17 @@ import csv
 import os
 import re
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .files import atomic_write, staged
 from .runinfo import machine, now_iso, versions, write_json_atomic
 from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
+REPORT_FILES = ("scores.csv", "summary.json", "junit.xml", "report.html")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = ["rank", "path", "score", "normal_percentile", "is_anomaly", "error", "peak_x", "peak_y"]
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -55,8 +56,6 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     ours = (out / MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
-    for stale in ("scores.csv", "summary.json", "junit.xml", "report.html"):
-        (out / stale).unlink(missing_ok=True)  # never leave an older run's results beside a new one
     flagged = out / "anomalous"
     if ours and (flagged.is_symlink() or flagged.is_file()):
         flagged.unlink()
@@ -65,14 +64,8 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     return out
 
 
-def _atomic_writer(path: Path):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return os.fdopen(fd, "w", newline="", encoding="utf-8"), tmp
-
-
 def write_scores_csv(path: Path, table: list) -> None:
-    f, tmp = _atomic_writer(path)
-    with f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for rank, row, pct, flagged in table:
@@ -85,7 +78,6 @@ def write_scores_csv(path: Path, table: list) -> None:
                 "" if row.peak_x is None else row.peak_x,
                 "" if row.peak_y is None else row.peak_y,
             ])
-    os.replace(tmp, path)
 
 
 def write_junit(path: Path, table: list, result: ScanResult) -> None:
@@ -104,10 +96,8 @@ def write_junit(path: Path, table: list, result: ScanResult) -> None:
                           message=f"anomaly score {row.score:.4f} >= threshold {result.threshold:.4g}{pct_text}")
     suites = ET.Element("testsuites")
     suites.append(suite)
-    f, tmp = _atomic_writer(path)
-    with f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         f.write(ET.tostring(suites, encoding="unicode", xml_declaration=True))
-    os.replace(tmp, path)
 
 
 def copy_flagged(out: Path, table: list) -> int:
@@ -165,18 +155,21 @@ def write_report(result: ScanResult, out: Path, folder: str, formats: set[str], 
                  copy: bool = False, html: bool = True) -> dict[str, Any]:
     table = ranked(result)
     outputs = ["scores.csv", "summary.json"]
-    write_scores_csv(out / "scores.csv", table)
-    if "junit" in formats:
-        write_junit(out / "junit.xml", table, result)
-        outputs.append("junit.xml")
-    if copy and not result.interrupted:
-        copy_flagged(out, table)
-        outputs.append("anomalous/")
-    if html:
-        from .html import write_html_report
+    with staged():  # renamed into place together: a full disk part-way leaves the previous report as it was
+        write_scores_csv(out / "scores.csv", table)
+        if "junit" in formats:
+            write_junit(out / "junit.xml", table, result)
+            outputs.append("junit.xml")
+        if copy and not result.interrupted:
+            copy_flagged(out, table)
+            outputs.append("anomalous/")
+        if html:
+            from .html import write_html_report
 
-        write_html_report(result, table, out)
-        outputs.append("report.html")
-    summary = summary_dict(result, table, folder, command, outputs)
-    write_json_atomic(out / "summary.json", summary)  # last: its presence marks a finished report
+            write_html_report(result, table, out)
+            outputs.append("report.html")
+        summary = summary_dict(result, table, folder, command, outputs)
+        write_json_atomic(out / "summary.json", summary)  # last: its presence marks a finished report
+    for stale in set(REPORT_FILES) - set(outputs):
+        (out / stale).unlink(missing_ok=True)  # never leave an older run's results beside a new one
     return summary

@@ -357,11 +357,14 @@ def list_scan_files(folder: str | os.PathLike) -> list[Path]:
 def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike = DEFAULT_MODEL,
                 threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 64,
                 workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
+                done: dict[str, Row] | None = None, on_rows: Callable[[list[Row]], None] | None = None,
                 maps_dir: str | os.PathLike | None = None, keep_maps: int = 24) -> ScanResult:
     """Score every image file under `folder`; returns all rows (unreadable files have score None).
 
-    Local models: rows carry the map's peak; the maps of the `keep_maps` top images come back in `maps`, and
-    with `maps_dir` an overlay PNG of every flagged image is written there.
+    `done`: rows of an earlier, interrupted scan by path (those files are not scored again); `on_rows` gets
+    each finished batch's rows (`resume.PartialWriter.add`). Local models: rows carry the map's peak; the maps
+    of the `keep_maps` top images come back in `maps`, and with `maps_dir` an overlay PNG of every flagged
+    image is written there.
     """
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
@@ -370,13 +373,16 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     thr, source = resolve_threshold(model, threshold, false_alarm_rate)
     files = list_scan_files(folder)
     started = time.perf_counter()
-    rows: list[Row] = []
-    done = [0]
+    rows: list[Row] = [done[str(f)] for f in files if str(f) in done] if done else []
+    todo = [str(f) for f in files if not done or str(f) not in done]
+    count = [len(rows)]
 
     def tick(n: int) -> None:
-        done[0] += n
+        count[0] += n
+        if on_rows:
+            on_rows(rows[-n:])
         if on_progress:
-            on_progress(done[0], len(files))
+            on_progress(count[0], len(files))
 
     keeper = None
     if model.has_map:
@@ -385,7 +391,7 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
         keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None)
     interrupted = False
     try:
-        for row in stream_rows(model, [str(f) for f in files], batch_size, workers, tick, keeper):
+        for row in stream_rows(model, todo, batch_size, workers, tick, keeper):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True

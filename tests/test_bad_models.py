@@ -1,6 +1,7 @@
 """Issue 5, hardening: broken, foreign and tampered models fail with exit 3 and one line; pickles never run."""
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -214,3 +215,23 @@ def test_cli_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     r = run_cli("scan", INCOMING, "--model", bundle, "--out", tmp_path / "report")
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("fusion", "garbage"),
+    ("fusion", {"ics_center": "not a number"}),
+    ("fusion", ["a", "list"]),
+    ("threshold", "high"),
+    ("threshold", None),
+    ("threshold", "nan"),
+])
+def test_malformed_fusion_or_threshold_is_a_model_error(key, value, tiny_bundle, tmp_path):
+    """A hand-edited fusion/threshold in config.json: exit 3 with one line naming the file (was 4)."""
+    bundle = bundle_copy(tiny_bundle, tmp_path)
+    meta = json.loads((bundle / "config.json").read_text())
+    meta[key] = value
+    (bundle / "config.json").write_text(json.dumps(meta))
+    r = run_cli("export", bundle, "--output", tmp_path / "m.onnx")
+    assert r.returncode == 3, r.stderr
+    line = one_line_error(r)
+    assert "config.json" in line and "fusion or threshold" in line

@@ -1,0 +1,268 @@
+"""Issue 16: outputs others can read (umask permissions), unwritable or full output folders, one writer per folder,
+and a deterministic exit 130 on interrupts."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ICSSCAN, SAMPLE, run_cli
+
+UMASKS = [0o022, 0o077]
+
+
+def modes_under(root: Path) -> dict[str, int]:
+    out = {".": stat.S_IMODE(root.stat().st_mode)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = stat.S_IMODE(p.lstat().st_mode)
+    return out
+
+
+def assert_umask_modes(root: Path, mask: int) -> None:
+    wrong = {}
+    for rel, mode in modes_under(root).items():
+        want = (0o777 if (root / rel).is_dir() else 0o666) & ~mask
+        if mode != want:
+            wrong[rel] = oct(mode)
+    assert not wrong, f"not {oct(mask)}-umask permissions: {wrong}"
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", UMASKS, ids=["022", "077"])
+def test_atomic_writers_give_umask_permissions(mask, umask, tmp_path):
+    from icsscan.files import atomic_write, default_mode, write_text_atomic
+    from icsscan.runinfo import write_json_atomic
+
+    umask(mask)
+    assert default_mode() == 0o666 & ~mask and default_mode(folder=True) == 0o777 & ~mask
+    with atomic_write(tmp_path / "a.bin", "wb") as f:
+        f.write(b"x")
+    write_text_atomic(tmp_path / "b.txt", "y")
+    write_json_atomic(tmp_path / "c.json", {"z": 1})
+    assert_umask_modes(tmp_path / "a.bin", mask)
+    assert_umask_modes(tmp_path / "b.txt", mask)
+    assert_umask_modes(tmp_path / "c.json", mask)
+    assert (tmp_path / "b.txt").read_text() == "y" and not list(tmp_path.glob(".*"))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A briefly trained detector (seconds) to save as a whole bundle."""
+    import torch
+
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    cfg = preset_config("default", iterations=2, ae_epochs=1, batch_size=8, device="cpu", seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return ICSDetector(config=cfg).fit(SAMPLE / "good")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("mask", UMASKS, ids=["022", "077"])
+def test_bundle_and_report_follow_the_umask(mask, umask, fitted, tiny_bundle, tmp_path):
+    """The whole bundle (a renamed mkdtemp folder) and a full report, as open()/mkdir() would leave them."""
+    from icsscan.report import prepare_out_dir, write_report
+    from icsscan.scan import scan_folder
+
+    umask(mask)
+    out = fitted.save(tmp_path / "model", export_onnx=True)
+    assert_umask_modes(out, mask)
+    result = scan_folder(SAMPLE / "incoming", tiny_bundle, workers=1)
+    report = prepare_out_dir(tmp_path / "report")
+    write_report(result, report, str(SAMPLE / "incoming"), {"csv", "json", "junit"})
+    assert {"scores.csv", "summary.json", "junit.xml", "report.html", "thumbs"} <= {p.name for p in report.iterdir()}
+    assert_umask_modes(report, mask)
+
+
+def test_cli_train_and_scan_outputs_are_world_readable_under_umask_022(tmp_path):
+    """What the issue checks: after `train` and `scan` under umask 022, everything is world-readable."""
+    set_umask = lambda: os.umask(0o022)  # noqa: E731
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    for args in (["train", SAMPLE / "good", "--out", tmp_path / "model", "--iterations", 5, "--device", "cpu"],
+                 ["scan", SAMPLE / "incoming", "--model", tmp_path / "model", "--out", tmp_path / "report",
+                  "--format", "csv,json,junit"]):
+        r = subprocess.run([*ICSSCAN, *map(str, args)], capture_output=True, text=True, env=env,
+                           preexec_fn=set_umask, timeout=600)
+        assert r.returncode == 0, r.stderr
+    for root in (tmp_path / "model", tmp_path / "report"):
+        assert_umask_modes(root, 0o022)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "a lock or temporary file was left"
+
+
+# --------------------------------------------------------------------------------------------- unwritable, full
+
+def one_line(r) -> str:
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def drop_root_file_powers() -> None:
+    """preexec: stay root but lose CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER (dropped from the bounding
+    set, so the exec'd CLI never has them): permissions then bind us like any user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.fixture
+def unwritable_parent(tmp_path):
+    """A folder the CLI cannot write in: someone else's 0755 folder (root here runs without its file powers)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    if os.geteuid() == 0:
+        os.chown(locked, 65534, 65534)
+        probe = subprocess.run(["true"], preexec_fn=drop_root_file_powers)  # noqa: PLW1510
+        if probe.returncode:
+            pytest.skip("cannot drop root's capabilities here")
+        preexec = drop_root_file_powers
+    else:
+        locked.chmod(0o555)
+        preexec = None
+    yield tmp_path, preexec
+    locked.chmod(0o755)
+
+
+def run_as(preexec, *args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([*ICSSCAN, *map(str, args)], capture_output=True, text=True, env=env, timeout=300,
+                          preexec_fn=preexec, cwd="/")
+
+
+def test_out_in_an_unwritable_folder_is_a_usage_error(unwritable_parent, tiny_onnx):
+    base, preexec = unwritable_parent
+    out = base / "locked" / "report"
+    r = run_as(preexec, "scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", out)
+    assert r.returncode == 2, r.stderr
+    line = one_line(r)
+    assert str(base / "locked") in line and "cannot write" in line and "choose a folder" in line
+    started = time.monotonic()
+    r = run_as(preexec, "train", SAMPLE / "good", "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert "cannot write" in one_line(r) and not out.exists()
+    assert time.monotonic() - started < 60, "refused only after training"
+
+
+def test_out_under_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run_cli("train", SAMPLE / "good", "--out", tmp_path / "file" / "model")
+    assert r.returncode == 2, r.stderr
+    assert "is not a folder" in one_line(r)
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_mid_report_keeps_the_previous_report(tiny_bundle, tmp_path, monkeypatch):
+    from icsscan import runinfo
+    from icsscan.files import OutputError
+    from icsscan.report import prepare_out_dir, write_report
+    from icsscan.scan import scan_folder
+
+    result = scan_folder(SAMPLE / "incoming", tiny_bundle, workers=1)
+    out = prepare_out_dir(tmp_path / "report")
+    write_report(result, out, "first", {"csv", "json", "junit"})
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result.rows = result.rows[:5]  # the second report would differ in every file
+    monkeypatch.setattr(runinfo.json, "dump", no_space)  # summary.json, the last file, hits the full disk
+    with pytest.raises(OutputError, match="no space left on device while writing summary.json"):
+        write_report(result, prepare_out_dir(out), "second", {"csv", "json"})
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before, "the previous report was changed"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_full_disk_is_exit_2_with_one_line(tiny_bundle, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from icsscan import runinfo
+    from icsscan.cli import app
+
+    monkeypatch.setattr(runinfo.json, "dump", no_space)
+    r = CliRunner().invoke(app, ["scan", str(SAMPLE / "incoming"), "--model", str(tiny_bundle),
+                                 "--out", str(tmp_path / "report"), "--workers", "1"])
+    assert r.exit_code == 2, r.output
+    assert "no space left on device" in r.output and "internal error" not in r.output
+
+
+# --------------------------------------------------------------------------------------------- one writer
+
+def test_second_writer_to_the_same_out_is_refused(tiny_onnx, tmp_path):
+    from icsscan.files import out_lock
+
+    out = tmp_path / "report"
+    with out_lock(out):  # another icsscan (here: this test) is writing the folder
+        r = run_cli("scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", out)
+        assert r.returncode == 2, r.stderr
+        assert "another icsscan is writing" in one_line(r) and str(out) in r.stderr
+        r = run_cli("train", SAMPLE / "good", "--out", out)
+        assert r.returncode == 2 and "another icsscan" in r.stderr, r.stderr
+    assert not (tmp_path / ".report.lock").exists(), "lock file left after release"
+    r = run_cli("scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", out)
+    assert r.returncode == 0, r.stderr
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path):
+    from icsscan.files import out_lock
+
+    out = tmp_path / "report"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from icsscan.files import out_lock\n"
+                               "with out_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(600)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from icsscan.files import OutputError
+
+        with pytest.raises(OutputError, match="another icsscan"):
+            with out_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with out_lock(out):  # the kernel dropped the dead holder's lock
+        pass
+
+
+# --------------------------------------------------------------------------------------------- exit 130
+
+def test_interrupt_inside_exec_still_exits_130(tmp_path):
+    """A KeyboardInterrupt raised in exec()'d code (dataclass/namedtuple creation does that) made `python -m`
+    die of SIGINT (-2) after printing 'interrupted'; the exit status must be 130 every time."""
+    (tmp_path / "exec_cli.py").write_text(
+        "from icsscan import cli\n"
+        "@cli.app.command()\n"
+        "def boom():\n"
+        "    with cli.errors_as_exit_codes():\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "@cli.app.command()\n"
+        "def other():\n"
+        "    pass\n"
+        "cli.run()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "exec_cli", "boom"], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert "icsscan: interrupted" in r.stderr
