@@ -46,12 +46,13 @@ def test_files(root: Path) -> tuple[list[str], np.ndarray]:
     return [str(p) for p in good + bad], np.r_[np.zeros(len(good)), np.ones(len(bad))]
 
 
-def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...]) -> np.ndarray:
-    """The model's fusion (same centres, spreads, weights) restricted to `parts`: ranks like the score."""
+def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...], equal: bool = True) -> np.ndarray:
+    """The model's fusion (same centres and spreads) restricted to `parts`, with equal weights (the fixed
+    alternative) or the model's label-free weights: ranks like the model's score."""
     z = 0.0
     for p in parts:
         v = (components[p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]
-        z = z + fusion[f"{p}_weight"] * np.sign(v) * np.log1p(np.abs(v))
+        z = z + (1.0 if equal else fusion[f"{p}_weight"]) * np.sign(v) * np.log1p(np.abs(v))
     return np.asarray(z)
 
 
@@ -96,19 +97,30 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     common = {"set": name, "train_images": det.n_train_, "calibration_images": det.n_calibration_,
               "test_images": len(paths), "input": f"{cfg.image_size}x{cfg.image_height}", "seed": seed}
     ablation = [
-        ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",)),
-        ("ICS on patches alone", ("pics",)),
-        ("global kNN alone (mean patch embedding)", ("gknn",)),
-        ("fusion without ICS (knn+gknn)", ("knn", "gknn")),
-        ("fusion without global (knn+pics)", ("knn", "pics")),
-        ("fusion knn+pics+gknn (torch)", ("knn", "pics", "gknn")),
+        ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",), True),
+        ("ICS on patches alone", ("pics",), True),
+        ("global kNN alone (mean patch embedding)", ("gknn",), True),
+        ("fusion without ICS (knn+gknn), equal weights", ("knn", "gknn"), True),
+        ("fusion without global (knn+pics), equal weights", ("knn", "pics"), True),
+        ("fusion knn+pics+gknn, equal weights", ("knn", "pics", "gknn"), True),
+        ("fusion knn+pics+gknn, label-free weights (torch)", ("knn", "pics", "gknn"), False),
+        ("fusion without ICS, label-free weights", ("knn", "gknn"), False),
     ]
-    for label, parts in ablation:
-        rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts))})
+    for label, parts, equal in ablation:
+        rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts, equal))})
+    weights = {p: (round(fusion[f"{p}_weight"], 3), round(fusion.get(f"{p}_synthetic_auc", float("nan")), 3))
+               for p in ("knn", "pics", "gknn")}
+    rows[-1]["weights"] = json.dumps(weights)
+    with open(RESULTS / f"industrial_components_{name}.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", *comps])
+        for k, path in enumerate(paths):
+            w.writerow([Path(path).name, int(y[k]), *(f"{comps[c][k]:.6g}" for c in comps)])
     rows.append({**common, "method": "icsscan default (scan via ONNX)", "auc": roc_auc_score(y, onnx_scores),
                  "train_s": round(train_s, 1), "scan_images_per_s": round(len(paths) / scan_s, 2),
                  "overlays_written": n_maps, "bundle_mib": round(bundle_mib, 2),
-                 "peak_rss_train_mib": round(rss_train, 0), "timings": json.dumps(det.timings_)})
+                 "peak_rss_train_mib": round(rss_train, 0), "timings": json.dumps(det.timings_),
+                 "weights": json.dumps(weights)})
     return rows
 
 
@@ -143,7 +155,8 @@ def global_rows(name: str, root: Path, seed: int) -> list[dict]:
 def write_outputs(rows: list[dict], args, started: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     columns = ["set", "method", "auc", "train_s", "scan_images_per_s", "overlays_written", "bundle_mib",
-               "peak_rss_train_mib", "train_images", "calibration_images", "test_images", "input", "seed", "timings"]
+               "peak_rss_train_mib", "train_images", "calibration_images", "test_images", "input", "seed", "weights",
+               "timings"]
     with open(RESULTS / "industrial.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()

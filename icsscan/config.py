@@ -82,6 +82,9 @@ class ICSConfig:
     patch_iterations: int = 300    # ICS steps on patches (each: closeness, intra-class, dispersion)
     patch_batch: int = 256
     patch_lr: float = 1e-3
+    local_weights: str = "synthetic"  # synthetic: weigh the components by how well each separates held-out
+                                   # normals from copies with a synthetic local defect (no labels needed); fixed:
+                                   # the score string's weights as given
     calibration_fraction: float = 0.1
     # run
     seed: int = 0
@@ -130,6 +133,8 @@ class ICSConfig:
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")
+        if self.local_weights not in ("synthetic", "fixed"):
+            raise ValueError(f"local_weights must be synthetic or fixed, got {self.local_weights!r}")
         if self.bank not in ("coreset", "random") or self.bank_size < 1:
             raise ValueError(f"bank must be coreset or random with bank_size ≥ 1, got {self.bank!r}/{self.bank_size}")
         try:

