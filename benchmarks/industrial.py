@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-global", action="store_true", help="only the local model and its ablation")
+    ap.add_argument("--global-from", help="with --skip-global: take the global/raw-pixel rows from this earlier "
+                                         "industrial.csv (they do not depend on the local model)")
     args = ap.parse_args()
     import torch
 
@@ -208,7 +210,12 @@ def main() -> None:
             write_outputs(rows, args, started)
             if not args.skip_global:
                 rows += global_rows(name, root, args.seed)
-                write_outputs(rows, args, started)
+            elif args.global_from:
+                with open(args.global_from, newline="", encoding="utf-8") as f:
+                    rows += [{**r, "auc": float(r["auc"]), "method": r["method"] + " [earlier run]"}
+                             for r in csv.DictReader(f) if r["set"] == name
+                             and r["method"].startswith(("previous default", "raw pixels"))]
+            write_outputs(rows, args, started)
             print(json.dumps([{k: r[k] for k in ("set", "method", "auc")} for r in rows], indent=1), flush=True)
 
 

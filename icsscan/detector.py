@@ -321,8 +321,7 @@ class ICSDetector:
 
         # 3. score: calibrate on held-out normals (training images when there are too few)
         t = time.perf_counter()
-        reference = FloatBatches(loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx], cfg.channels,
-                                 device)
+        reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
         if "maha" in score_parts(cfg.score):
             fit_latent_gaussian(self.classifier_, images)
         self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score).to(device).eval()
