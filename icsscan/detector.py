@@ -26,7 +26,7 @@ from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, LOCAL_COMPONENTS, LOCAL_DEFAU
                      score_parts, score_weights)
 from .errors import ModelError, NotFittedError, UsageError
 from .files import NO_SPACE, OutputError, default_mode
-from .models import ConvAutoencoder, ICSClassifier, rotations4
+from .models import ConvAutoencoder, ICSClassifier, rotations4, signed_log1p
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
 from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
 from .train import train_ics
@@ -99,11 +99,6 @@ class AnomalyScorer(nn.Module):
         if self.parts == ("ssim",):
             return ((1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)) / 2).clamp(0, 1)
         return torch.sigmoid(self.fused_z(self.components(x)) - self.offset)
-
-
-def signed_log1p(z: torch.Tensor) -> torch.Tensor:
-    """sign(z)·log(1 + |z|): identity-like near 0, logarithmic far out (keeps strong anomalies ranked)."""
-    return torch.sign(z) * torch.log1p(torch.abs(z))
 
 
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
@@ -398,10 +393,6 @@ class ICSDetector:
         return self
 
     # ----------------------------------------------------------------------------------------- scoring
-    @property
-    def is_local_(self) -> bool:
-        return self.config_.is_local
-
     @torch.no_grad()
     def _score_tensor(self, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         self.scorer_.eval()
@@ -770,14 +761,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
         weights = {p: w / total for p, w in weights.items()}
         for p, (_, auc) in found.items():
             fusion[f"{p}_synthetic_auc"] = auc
-    z = 0.0
-    for part in scorer.parts:
-        v = values[part]
-        center, scale = robust_center_scale(v)
-        fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weights[part]
-        z = z + weights[part] * signed_log1p(torch.from_numpy((v - center) / scale)).numpy()
-    fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - cfg.rho))
-    return fusion
+    return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
 
 
 def read_given_split(path: Path, cfg: ICSConfig, device: torch.device):
@@ -830,14 +814,18 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float) -> di
     fusion: dict[str, float] = {"offset": 0.0}
     if "rot" in scorer.parts:  # recorded for the user: how learnable the rotation task is on their images
         fusion["rot_accuracy"] = rotation_accuracy(scorer.classifier, reference)
+    values = {part: torch.cat([c[part].cpu() for c in chunks]).double().numpy() for part in scorer.parts}
+    return {**fusion, **standardise_and_offset(values, score_weights(scorer.kind), rho)}
+
+
+def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, float], rho: float) -> dict[str, float]:
+    """Each component's centre, spread and weight on reference normals, and the offset that puts 0.5 at (1 − ρ)."""
+    fusion: dict[str, float] = {}
     z = 0.0
-    weights = score_weights(scorer.kind)
-    for part in scorer.parts:
-        values = torch.cat([c[part].cpu() for c in chunks]).double().numpy()
-        center, scale = robust_center_scale(values)
-        weight = weights[part]
-        fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weight
-        z = z + weight * signed_log1p(torch.from_numpy((values - center) / scale)).numpy()
+    for part, v in values.items():
+        center, scale = robust_center_scale(v)
+        fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weights[part]
+        z = z + weights[part] * signed_log1p(torch.from_numpy((v - center) / scale)).numpy()
     fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - rho))
     return fusion
 

@@ -110,7 +110,7 @@ MAP_LEGEND = ("<p>Beside each image: its anomaly map over it (blue = as typical 
 
 def write_map_thumbnails(out: Path, entries: list, maps: dict) -> dict[int, str]:
     """For entries whose anomaly map the scan kept: a thumbnail of the image with the map over it."""
-    from .maps import side_by_side
+    from .maps import overlay
 
     folder, made = out / THUMB_DIR, {}
     for rank, row, _, _ in entries:
@@ -120,10 +120,8 @@ def write_map_thumbnails(out: Path, entries: list, maps: dict) -> dict[int, str]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 rgb = data.decode_image(row.path, thumb_wh(row.path))
-            pair = side_by_side(rgb, maps[row.path], _peak_in(rgb, maps[row.path]))
-            overlay_only = pair.crop((rgb.shape[1] + 4, 0, pair.width, pair.height))
             name = f"{int(rank):06d}_map.png"
-            save_png_atomic(overlay_only, folder / name)
+            save_png_atomic(overlay(rgb, maps[row.path]), folder / name)
             made[rank] = quote(f"{THUMB_DIR}/{name}")
         except Exception:  # noqa: BLE001 - a missing overlay must never fail the scan
             continue
@@ -136,13 +134,6 @@ def thumb_wh(path: str) -> tuple[int, int]:
         w, h = img.size
     scale = THUMB_SIZE / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def _peak_in(rgb, anomaly_map) -> tuple[int, int]:
-    import numpy as np
-
-    i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
-    return int((j + 0.5) * rgb.shape[1] / anomaly_map.shape[1]), int((i + 0.5) * rgb.shape[0] / anomaly_map.shape[0])
 
 
 def fresh_thumb_dir(out: Path) -> Path:

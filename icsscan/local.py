@@ -27,15 +27,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import PatchFeatures
+from .models import signed_log1p
 
 LOCAL_COMPONENTS = ("knn", "pics", "gknn")
 MAP_COMPONENTS = ("knn", "pics")  # the ones with a value per location
 SPLIT_PATCHES = 30_000
 TOP_K = 10  # locations averaged into a map's image value  # normal patches split into typical / atypical and used to train the ICS head
-
-
-def signed_log1p(z: torch.Tensor) -> torch.Tensor:
-    return torch.sign(z) * torch.log1p(torch.abs(z))
 
 
 class PatchICSHead(nn.Module):

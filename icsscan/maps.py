@@ -15,14 +15,13 @@ MAP_RANGE = (0.0, 3.0)  # colour scale of map values: ≤ 0 transparent, ≥ 3 (
 _ANCHORS = np.array([[20, 30, 140], [0, 190, 220], [250, 230, 40], [230, 20, 20]], dtype=np.float64)
 
 
-def peak(anomaly_map: np.ndarray, input_wh: tuple[int, int], original_wh: tuple[int, int]) -> tuple[int, int]:
-    """(x, y) in the original image's pixels of the centre of the map's hottest cell."""
+def peak(anomaly_map: np.ndarray, image_wh: tuple[int, int]) -> tuple[int, int]:
+    """(x, y) of the centre of the map's hottest cell, in the pixels of an image of size `image_wh` (the map
+    covers the whole image, so the original's size is all it takes to map back)."""
     h, w = anomaly_map.shape
     i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
-    in_w, in_h = input_wh
-    x = (j + 0.5) * (in_w / w) * (original_wh[0] / in_w)
-    y = (i + 0.5) * (in_h / h) * (original_wh[1] / in_h)
-    return int(min(original_wh[0] - 1, x)), int(min(original_wh[1] - 1, y))
+    x, y = (j + 0.5) * image_wh[0] / w, (i + 0.5) * image_wh[1] / h
+    return int(min(image_wh[0] - 1, x)), int(min(image_wh[1] - 1, y))
 
 
 def colorize(anomaly_map: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,24 +38,23 @@ def colorize(anomaly_map: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
 
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
-    """The image (H, W, 3 uint8) with the heat map blended over it."""
+    """The image (H, W, 3 uint8) with the heat map blended over it and a ring around the map's peak."""
     h, w = rgb.shape[:2]
     heat, alpha = colorize(anomaly_map, (w, h))
     a = alpha[..., None]
-    return Image.fromarray((rgb * (1 - a) + heat * a).astype(np.uint8))
+    over = Image.fromarray((rgb * (1 - a) + heat * a).astype(np.uint8))
+    x, y = peak(anomaly_map, (w, h))
+    r = max(6, min(w, h) // 20)
+    ImageDraw.Draw(over).ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=2)
+    return over
 
 
-def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray, peak_xy: tuple[int, int] | None = None) -> Image.Image:
-    """Original | overlay, with a ring around the peak on the overlay (in the working image's pixels)."""
+def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
+    """Original | overlay (ringed peak)."""
     h, w = rgb.shape[:2]
     canvas = Image.new("RGB", (2 * w + 4, h), (255, 255, 255))
     canvas.paste(Image.fromarray(rgb), (0, 0))
-    over = overlay(rgb, anomaly_map)
-    if peak_xy is not None:
-        r = max(6, min(w, h) // 20)
-        ImageDraw.Draw(over).ellipse([peak_xy[0] - r, peak_xy[1] - r, peak_xy[0] + r, peak_xy[1] + r],
-                                     outline=(255, 255, 255), width=2)
-    canvas.paste(over, (w + 4, 0))
+    canvas.paste(overlay(rgb, anomaly_map), (w + 4, 0))
     return canvas
 
 

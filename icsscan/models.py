@@ -142,6 +142,11 @@ class ICSClassifier(nn.Module):
         return out
 
 
+def signed_log1p(z: torch.Tensor) -> torch.Tensor:
+    """sign(z)·log(1 + |z|): identity-like near 0, logarithmic far out (keeps strong anomalies ranked)."""
+    return torch.sign(z) * torch.log1p(torch.abs(z))
+
+
 def rotations4(x: torch.Tensor) -> torch.Tensor:
     """The batch shown at 0°, 90°, 180°, 270° (stacked in that order along the batch axis)."""
     return torch.cat([x, x.flip(3).transpose(2, 3), x.flip(2).flip(3), x.transpose(2, 3).flip(3)])  # = torch.rot90

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import data
 from .errors import ModelError, UsageError
+from .maps import peak
 
 DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
@@ -195,11 +196,9 @@ def infer_batch(model: ScanModel, paths: Sequence[str], decoded: list, on_map: M
             if rows[i].score is None:
                 rows[i].error = "model returned a non-finite score"
             elif maps is not None:
-                from .maps import peak
-
                 original = decoded[i][2] if len(decoded[i]) > 2 else None  # unknown: no peak rather than a wrong one
                 if original:
-                    rows[i].peak_x, rows[i].peak_y = peak(maps[k], data.wh(model.decode_size), original)
+                    rows[i].peak_x, rows[i].peak_y = peak(maps[k], original)
                 if on_map:
                     on_map(rows[i], decoded[i][0], maps[k])
     return rows
@@ -264,10 +263,7 @@ class MapKeeper:
 
             stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(row.path).stem)[:80] or "image"
             name = f"{self._seq:06d}_{stem}.png"
-            scale = rgb.shape[1] / anomaly_map.shape[1]
-            i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
-            save_png(side_by_side(rgb, anomaly_map, (int((j + 0.5) * scale), int((i + 0.5) * scale))),
-                     self.maps_dir / name)
+            save_png(side_by_side(rgb, anomaly_map), self.maps_dir / name)
             self.written[row.path] = name
 
     def maps(self) -> dict[str, np.ndarray]:
