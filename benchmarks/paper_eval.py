@@ -125,16 +125,22 @@ def dataset_label(name: str, source: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- methods
 
-METHODS = ("icsscan", "ICS", "NNwICS", "NaiveNN", "DSVDD", "SSIM", "OCSVM", "IF", "ImageNet_OCSVM")
+METHODS = ("icsscan_small", "ICS", "NNwICS", "NaiveNN", "DSVDD", "SSIM", "OCSVM", "IF", "ImageNet_OCSVM")
 # By-products of every icsscan cell (no extra training): the fused score's two components on their own.
 #   icsscan_ics  - the default-preset ICS classifier's logit alone (the paper's score, our network);
 #   SSIM         - 1 − SSIM of the same detector's split autoencoder (trained on its 90 % fit part), recorded
 #                  under the SSIM method with its own config hash and a note; a standalone SSIM run supersedes it.
 BYPRODUCTS = ("icsscan_ics",)
-ALL_METHODS = ("icsscan", "icsscan_ics") + METHODS[1:]   # report order (main tables)
+ALL_METHODS = ("icsscan", "icsscan_small", "icsscan_ics") + METHODS[1:]   # report order (main tables)
+# icsscan's default for whole-object images since the pretrained embedding came in (embed_table1.py, run on
+# cached embeddings): eknn+eics with label-free weights. The earlier default (from-scratch networks, score
+# ics+ssim+rot*0.7+maha*2, what `--backbone small` trains) is reported as icsscan_small; its by-products below
+# (icsscan_ics, icsscan_rot, ...) belong to it.
+PRETRAINED_ABLATION = ("icsscan", "icsscan_pt_equal", "icsscan_eknn", "icsscan_eics", "icsscan_eics_bce",
+                       "icsscan_eics_paper", "ImageNet_OCSVM")
 # Diagnostic rows written by each icsscan cell (same models, no extra training): one component alone, or the
 # fused score without one component. Reported in the ablation section, compared with the paper's ICS.
-ABLATION = ("icsscan", "icsscan_equal", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
+ABLATION = ("icsscan_small", "icsscan_equal", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
             "icsscan_no_ics", "icsscan_no_ssim", "icsscan_no_rot", "icsscan_no_maha")
 DETERMINISTIC = {"OCSVM", "ImageNet_OCSVM"}   # one seed is enough (the paper's std is 0.0 for these)
 VGG19_FILE = "vgg19-dcbb9e9d.pth"            # torchvision's ImageNet VGG19 weights (never downloaded here)
@@ -168,13 +174,14 @@ def planned_config(method: str, iterations: str | None = None, rho: float | None
 
     Changing a preset in icsscan/config.py changes the digest, so stale cells are rerun, not reused.
     """
-    from icsscan.config import preset_config
+    from icsscan.config import GLOBAL_DEFAULT_SCORE, preset_config
 
     options = options or {}
     it = int(iterations) if iterations not in (None, "") and method != "DSVDD" else None
     ae = ae_epochs_for(method, options)
-    if method == "icsscan":
-        cfg = preset_config("default", iterations=it, rho=rho, ae_epochs=ae).to_dict()
+    if method == "icsscan_small":   # the from-scratch recipe (the default before the pretrained embedding)
+        cfg = preset_config("default", backbone="small", score=GLOBAL_DEFAULT_SCORE, iterations=it, rho=rho,
+                            ae_epochs=ae).to_dict()
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         cfg = preset_config("paper", iterations=it, rho=rho, ae_epochs=ae).to_dict()
         cfg["losses"] = {"ICS": "ics", "NNwICS": "bce", "NaiveNN": "naive"}[method]
@@ -210,7 +217,7 @@ def iterations_of(method: str, cfg: dict) -> str:
     """The `iterations` column: classifier iterations (ICS family), AE epochs (SSIM), epochs (DSVDD)."""
     if method == "NaiveNN":
         return str(cfg["iterations"])
-    if method in ("icsscan", "ICS", "NNwICS"):
+    if method in ("icsscan_small", "ICS", "NNwICS"):
         return f"{cfg['iterations']} (AE {cfg['ae_epochs']} ep)"
     if method == "SSIM":
         return f"{cfg['ae_epochs']} AE epochs"
@@ -260,14 +267,14 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
                        ("cpu" if device == "auto" else device))
     extra: list[dict] = []
     components = None
-    if method == "icsscan":
+    if method == "icsscan_small":
         from icsscan import ICSDetector
-        from icsscan.config import preset_config
+        from icsscan.config import GLOBAL_DEFAULT_SCORE, preset_config
         from icsscan.detector import array_to_rgb
 
         ae = ae_epochs_for(method, options)
-        det = ICSDetector(preset="default", seed=seed, device=str(dev), rho=rho,
-                          iterations=int(iterations) if iterations else None,
+        det = ICSDetector(preset="default", seed=seed, device=str(dev), rho=rho, backbone="small",
+                          score=GLOBAL_DEFAULT_SCORE, iterations=int(iterations) if iterations else None,
                           config=preset_config("default", ae_epochs=ae) if ae else None)
         det.fit(train)
         config = {k: v for k, v in det.config_.to_dict().items() if k not in ("workers", "log_every")}
@@ -367,7 +374,7 @@ def save_components(path: Path, components: dict, y_test: np.ndarray) -> None:
 
 def by_products(det, part: dict[str, np.ndarray], config: dict) -> list[dict]:
     """Ablation rows from one icsscan cell: each score component alone, and the fused score without each one."""
-    its = iterations_of("icsscan", config)
+    its = iterations_of("icsscan_small", config)
     fusion = det.fusion_dict()
     z = {p: np.sign(t) * np.log1p(np.abs(t)) for p, t in  # as AnomalyScorer.fused_z: standardise, signed log
          ((p, (v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p, v in part.items())}

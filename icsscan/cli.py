@@ -186,13 +186,23 @@ def train(
     channels: Channels = 0,
     calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
                                                         "to calibrate thresholds.")] = 0.1,
-    score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rot, maha; local "
-                                       "models: knn, pics, gknn; or several joined by +, each optionally weighted "
-                                       "as name*w (default: ics+ssim+rot*0.7+maha*2 global, knn+pics+gknn local).")] = "",
-    backbone: Annotated[str, typer.Option(help="auto (default: efficientnet-lite0 for images over 64 px, else "
-                                          "small), efficientnet-lite0 (ImageNet-pretrained, local scores and heat "
-                                          "maps at the images' own resolution), small or alexnet (global, from "
-                                          "scratch).")] = "auto",
+    score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rot, maha (from "
+                                       "scratch), eknn, eics (pretrained embedding); local models: knn, pics, gknn; "
+                                       "or several joined by +, each optionally weighted as name*w (default: "
+                                       "eknn+eics+ssim for images of at most 64 px, knn+pics+gknn for larger ones, "
+                                       "ics+ssim+rot*0.7+maha*2 with --backbone small).")] = "",
+    backbone: Annotated[str, typer.Option(help="auto (default: efficientnet-lite0 local scores for images over "
+                                          "64 px; smaller ones get one global score on the pretrained embedding), "
+                                          "efficientnet-lite0 (ImageNet-pretrained, local scores and heat maps at "
+                                          "the images' own resolution), small or alexnet (the from-scratch ICS "
+                                          "recipe: fastest scans).")] = "auto",
+    embed_size: Annotated[int, typer.Option(help="Side in px at which whole-object images are fed to the "
+                                            "pretrained network for the eknn/eics components (0 = the preset's, "
+                                            "160; 112 is ~2x faster to train and scan, a little less accurate).")] = 0,
+    weights: Annotated[str, typer.Option(help="How the score's components are weighted: auto (the preset's), "
+                                         "synthetic (by how well each tells held-out normals from synthetic "
+                                         "anomalies made from them: no labels needed) or fixed (the --score "
+                                         "string's weights as given).")] = "auto",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,
@@ -202,12 +212,16 @@ def train(
     with errors_as_exit_codes():
         from .config import preset_config
 
+        if weights not in ("auto", "synthetic", "fixed"):
+            raise UsageError(f"--weights {weights!r}: choose auto, synthetic or fixed")
         check_out_dir(out, "config.json", force)
         claim_out(out, parent=True)
+        chosen = None if weights == "auto" else weights
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
                             calibration_fraction=calibration_fraction, score=score or None,
-                            backbone=None if backbone == "auto" else backbone)  # auto: the preset's
+                            backbone=None if backbone == "auto" else backbone,  # auto: the preset's
+                            embed_size=embed_size or None, local_weights=chosen, global_weights=chosen)
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv)

@@ -12,7 +12,13 @@ COMPONENTS = ("ics", "ssim", "rot", "maha")
 # Local models (pretrained backbone, see local.py): patch-kNN distance to the memory bank, the ICS head on
 # patches, and the global (mean-embedding) kNN distance to the training images.
 LOCAL_COMPONENTS = ("knn", "pics", "gknn")
-GLOBAL_DEFAULT_SCORE = "ics+ssim+rot*0.7+maha*2"
+# Whole-object components on a pretrained embedding (embed.py), beside the from-scratch ones in a global model:
+# kNN distance of the image's ImageNet EfficientNet-Lite0 embedding to the training images', and the ICS head
+# trained on those embeddings.
+EMBED_COMPONENTS = ("eknn", "eics")
+GLOBAL_COMPONENTS = COMPONENTS + EMBED_COMPONENTS
+GLOBAL_DEFAULT_SCORE = "ics+ssim+rot*0.7+maha*2"   # the from-scratch recipe (backbone small / alexnet)
+WHOLE_DEFAULT_SCORE = "eknn+eics+ssim"             # whole-object images (≤ AUTO_LOCAL_ABOVE px), backbone auto
 LOCAL_DEFAULT_SCORE = "knn+pics+gknn"
 PRETRAINED_BACKBONES = ("efficientnet-lite0",)
 # backbone "auto": images whose usual side is at most this are whole-object thumbnails (MNIST, CIFAR) and get
@@ -71,7 +77,9 @@ class ICSConfig:
     rotation_batch: int = 64       # images per rotation step (each shown in 4 rotations)
     rotation_lr: float = 1e-3      # its own Adam (see train.py)
     # scoring
-    score: str = GLOBAL_DEFAULT_SCORE  # what the exported model outputs; see README "Scores". A local model
+    score: str = "auto"            # what the exported model outputs; see README "Scores". auto: resolved at fit
+                                   # (detector.resolve_backbone): knn+pics+gknn for large images, eknn+eics for
+                                   # whole-object ones, ics+ssim+rot*0.7+maha*2 with backbone small/alexnet. A local model
                                    # given a global-only score string uses LOCAL_DEFAULT_SCORE instead
     # local models (backbone efficientnet-lite0): patch memory bank and the ICS head on patches
     local_min_side: int = 224      # ImageNet's scale: smaller inputs leave too few patches
@@ -85,6 +93,15 @@ class ICSConfig:
     local_weights: str = "synthetic"  # synthetic: weigh the components by how well each separates held-out
                                    # normals from copies with a synthetic local defect (no labels needed); fixed:
                                    # the score string's weights as given
+    # whole-object models: the pretrained embedding components (eknn, eics) of a global model
+    embed_size: int = 160          # thumbnails are upsampled to this for the ImageNet network (CIFAR one-vs-rest,
+                                   # deer/cat/airplane: 112 px 83.8, 160 px 87.4; deer at 224 px 92.5 vs 91.5
+                                   # at 160 for 2× the cost; cost ∝ side²)
+    embed_iterations: int = 300    # ICS steps on embeddings (each: closeness, intra-class, dispersion)
+    embed_batch: int = 128         # embeddings per step (each pair loss sees batch² pairs)
+    global_weights: str = "auto"   # like local_weights, for a global model's fusion, with whole-object synthetic
+                                   # anomalies (embed.synthetic_anomalies); auto: synthetic when the score has
+                                   # pretrained components, else fixed (the from-scratch recipe's measured weights)
     calibration_fraction: float = 0.1
     # run
     seed: int = 0
@@ -120,30 +137,34 @@ class ICSConfig:
             raise ValueError(f"channels must be 1 or 3 (or 0 for automatic), got {self.channels}")
         if self.iterations < 1 or self.batch_size < 2:
             raise ValueError("iterations must be ≥ 1 and batch_size ≥ 2")
-        parts = score_parts(self.score)
-        known = LOCAL_COMPONENTS if self.is_local else COMPONENTS
+        parts = score_parts(GLOBAL_DEFAULT_SCORE if self.score == "auto" else self.score)
+        known = LOCAL_COMPONENTS if self.is_local else GLOBAL_COMPONENTS
         if self.backbone == "auto":
-            known = COMPONENTS + LOCAL_COMPONENTS
+            known = GLOBAL_COMPONENTS + LOCAL_COMPONENTS
         if not parts or any(p not in known for p in parts) or len(set(parts)) != len(parts):
             raise ValueError(f"score must be one or more of {', '.join(known)} joined by '+' "
                              f"(each optionally weighted, e.g. maha*2), got {self.score!r}")
-        if self.backbone == "auto" and any(p in LOCAL_COMPONENTS for p in parts) and any(p in COMPONENTS for p in parts):
-            raise ValueError(f"score {self.score!r} mixes global ({', '.join(COMPONENTS)}) and local "
+        if self.backbone == "auto" and any(p in LOCAL_COMPONENTS for p in parts) and any(p in GLOBAL_COMPONENTS for p in parts):
+            raise ValueError(f"score {self.score!r} mixes global ({', '.join(GLOBAL_COMPONENTS)}) and local "
                              f"({', '.join(LOCAL_COMPONENTS)}) components")
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")
         if self.local_weights not in ("synthetic", "fixed"):
             raise ValueError(f"local_weights must be synthetic or fixed, got {self.local_weights!r}")
+        if self.global_weights not in ("auto", "synthetic", "fixed"):
+            raise ValueError(f"global_weights must be auto, synthetic or fixed, got {self.global_weights!r}")
+        if self.embed_size < 32 or self.embed_iterations < 1:
+            raise ValueError(f"embed_size must be ≥ 32 and embed_iterations ≥ 1, got {self.embed_size}/{self.embed_iterations}")
         if self.bank not in ("coreset", "random") or self.bank_size < 1:
             raise ValueError(f"bank must be coreset or random with bank_size ≥ 1, got {self.bank!r}/{self.bank_size}")
         try:
-            weights = [float(w) for _, w in _score_terms(self.score)]
+            weights = [float(w) for _, w in _score_terms(GLOBAL_DEFAULT_SCORE if self.score == "auto" else self.score)]
         except ValueError:
             raise ValueError(f"score weights must be numbers (e.g. rot*0.7), got {self.score!r}") from None
         if any(not (w > 0 and w < float("inf")) for w in weights):
             raise ValueError(f"score weights must be positive and finite, got {self.score!r}")
-        if "rot" in parts and not self.rotation and not self.is_local:
+        if "rot" in parts and self.score != "auto" and not self.rotation and not self.is_local:
             raise ValueError("score 'rot' needs the rotation head (rotation=True)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

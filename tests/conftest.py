@@ -79,7 +79,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from icsscan.config import preset_config
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    cfg = preset_config("default", ae_epochs=3, **TINY)
+    cfg = preset_config("default", ae_epochs=3, backbone="small", **TINY)
     ICSDetector(config=cfg).fit(SAMPLE / "good").save(out)
     return out
 

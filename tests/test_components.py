@@ -35,14 +35,14 @@ def test_bad_score_strings_are_refused(score, reason):
 
 def test_rot_needs_the_rotation_head():
     with pytest.raises(ValueError, match="rotation"):
-        preset_config("default", rotation=False).validate()
+        preset_config("default", rotation=False, score="ics+rot").validate()
 
 
 @pytest.fixture(scope="module")
 def sevens_model():
     """Default preset, few iterations, on 600 training sevens (a digit that is not rotation-symmetric)."""
     x, y = mnist("MNIST", True)
-    det = ICSDetector(iterations=60, seed=0, device="cpu").fit(x[y == 7][:600])
+    det = ICSDetector(iterations=60, seed=0, device="cpu", backbone="small").fit(x[y == 7][:600])
     xt, yt = mnist("MNIST", False)
     rng = np.random.default_rng(0)
     idx = np.concatenate([rng.choice(np.flatnonzero(yt == 7), 200, replace=False),

@@ -34,14 +34,14 @@ def test_presets_differ_as_documented():
     paper, default = preset_config("paper"), preset_config("default")
     assert paper.iterations == 10_000 and paper.batch_size == 64 and paper.l2 == 1e-6 and paper.backbone == "alexnet"
     assert paper.score == "ics" and not paper.rotation
-    assert default.score == "ics+ssim+rot*0.7+maha*2" and default.rotation
+    assert default.score == "auto" and default.rotation  # resolved at fit: see test_auto_backbone_and_score
     assert ICSConfig.from_dict(default.to_dict()) == default
 
 
 def test_fit_on_arrays_with_calibration_and_percentiles():
     x, y = mnist("MNIST", True)
     zeros, others = x[y == 0][:150], x[y == 1][:40]
-    cfg = preset_config("default", ae_epochs=3, **QUICK)
+    cfg = preset_config("default", ae_epochs=3, backbone="small", **QUICK)
     det = ICSDetector(config=cfg).fit(zeros)
     assert det.image_size_ == 28 and det.channels_ == 1
     assert det.n_calibration_ == 30 and len(det.calibration_scores_) == 30

@@ -17,7 +17,7 @@ def two_fits(tmp_path_factory):
 
     # 120 of the sample's good images, small batches: a real (short) run of every stage, in seconds
     paths = sorted((SAMPLE / "good").glob("*.png"))[:120]
-    cfg = preset_config("default", iterations=20, ae_epochs=2, batch_size=16, device="cpu", seed=7)
+    cfg = preset_config("default", backbone="small", iterations=20, ae_epochs=2, batch_size=16, device="cpu", seed=7)
     out = tmp_path_factory.mktemp("determinism")
     fits = []
     threads = torch.get_num_threads()

@@ -143,7 +143,7 @@ def test_train_skips_bad_files_with_one_line_warnings(tmp_path):
     broken = _train_folder(tmp_path / "good")
     before = tree_state(tmp_path / "good")
     out = tmp_path / "model"
-    r = run_cli("train", tmp_path / "good", "--out", out, "--iterations", 5, "--device", "cpu", timeout=600,
+    r = run_cli("train", tmp_path / "good", "--out", out, "--backbone", "small", "--iterations", 5, "--device", "cpu", timeout=600,
                 env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     _check_skip_warnings(r.stderr, broken)

@@ -143,7 +143,7 @@ def assert_no_loadable_bundle(out: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_train_leaves_no_bundle(sig, small_train_folder, tmp_path):
     out = tmp_path / "model"
-    proc, err = popen_cli("train", small_train_folder, "--out", out, "--iterations", 100_000, "--device", "cpu",
+    proc, err = popen_cli("train", small_train_folder, "--out", out, "--backbone", "small", "--iterations", 100_000, "--device", "cpu",
                           cwd=tmp_path)
     try:
         started = wait_until(lambda: "images at" in err.read_text(), proc, timeout=180)
@@ -170,7 +170,7 @@ def fitted(small_train_folder):
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
-    cfg = preset_config("default", iterations=2, ae_epochs=1, batch_size=8, device="cpu", seed=0)
+    cfg = preset_config("default", backbone="small", iterations=2, ae_epochs=1, batch_size=8, device="cpu", seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and immune to a busy shared machine
     try:

@@ -187,19 +187,23 @@ def test_maps_flag_refused_for_a_global_model(tiny_bundle, parts, tmp_path):
     assert r.returncode == 2 and "--maps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_auto_backbone_keeps_the_global_recipe_for_small_images():
-    """MNIST/CIFAR-sized images get exactly the previous default (global, small backbone, same score)."""
-    from icsscan.config import GLOBAL_DEFAULT_SCORE, ICSConfig
+def test_auto_backbone_and_score_follow_the_images():
+    """Whole-object images (≤ 64 px) get the pretrained embedding (eknn+eics, label-free weights); large ones the
+    local model; an explicit from-scratch backbone gets exactly the previous recipe (its score, fixed weights)."""
+    from icsscan.config import GLOBAL_DEFAULT_SCORE, WHOLE_DEFAULT_SCORE, ICSConfig
     from icsscan.detector import resolve_backbone
 
     for shape in ((28, 28), (32, 32), (64, 48)):
         cfg = resolve_backbone(ICSConfig(), shape)
-        assert cfg.backbone == "small" and cfg.score == GLOBAL_DEFAULT_SCORE and not cfg.is_local
+        assert cfg.score == WHOLE_DEFAULT_SCORE and cfg.global_weights == "synthetic" and not cfg.is_local
+        old = resolve_backbone(ICSConfig(backbone="small"), shape)
+        assert old.score == GLOBAL_DEFAULT_SCORE and old.global_weights == "fixed" and not old.is_local
     big = resolve_backbone(ICSConfig(), (300, 300))
     assert big.backbone == "efficientnet-lite0" and big.is_local and big.score == "knn+pics+gknn"
-    # an explicit choice wins over auto, and a local score is kept as given
+    # an explicit choice wins over auto, and a score is kept as given
     assert resolve_backbone(ICSConfig(backbone="small"), (640, 640)).backbone == "small"
     assert resolve_backbone(ICSConfig(score="knn*2+gknn"), (640, 640)).score == "knn*2+gknn"
+    assert resolve_backbone(ICSConfig(score="ics+maha"), (28, 28)).score == "ics+maha"
 
 
 def test_input_size_keeps_aspect_ratio_within_bounds():

@@ -68,7 +68,7 @@ def fitted():
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
-    cfg = preset_config("default", iterations=2, ae_epochs=1, batch_size=8, device="cpu", seed=0)
+    cfg = preset_config("default", backbone="small", iterations=2, ae_epochs=1, batch_size=8, device="cpu", seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -97,7 +97,7 @@ def test_cli_train_and_scan_outputs_are_world_readable_under_umask_022(tmp_path)
     """What the issue checks: after `train` and `scan` under umask 022, everything is world-readable."""
     set_umask = lambda: os.umask(0o022)  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    for args in (["train", SAMPLE / "good", "--out", tmp_path / "model", "--iterations", 5, "--device", "cpu"],
+    for args in (["train", SAMPLE / "good", "--out", tmp_path / "model", "--backbone", "small", "--iterations", 5, "--device", "cpu"],
                  ["scan", SAMPLE / "incoming", "--model", tmp_path / "model", "--out", tmp_path / "report",
                   "--format", "csv,json,junit"]):
         r = subprocess.run([*ICSSCAN, *map(str, args)], capture_output=True, text=True, env=env,

@@ -28,7 +28,7 @@ def read_rows(report: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def mnist_model(mnist_zero_folders, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
-    r = run_cli("train", mnist_zero_folders["train"], "--out", out, "--iterations", 300, "--seed", 0)
+    r = run_cli("train", mnist_zero_folders["train"], "--out", out, "--backbone", "small", "--iterations", 300, "--seed", 0)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -134,12 +134,12 @@ def test_split_cli_and_train_cli_on_600_pngs(mnist_zero_folders, tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 0
 
     model = tmp_path / "model"
-    r = run_cli("train", folder, "--out", model, "--iterations", 200, "--seed", 0)
+    r = run_cli("train", folder, "--out", model, "--backbone", "small", "--iterations", 200, "--seed", 0)
     assert r.returncode == 0, r.stderr
     assert json.loads((model / "config.json").read_text())["config"]["seed"] == 0
 
     reuse = tmp_path / "model_reuse"
-    r = run_cli("train", folder, "--out", reuse, "--iterations", 5, "--split", out / "split.csv",
+    r = run_cli("train", folder, "--out", reuse, "--backbone", "small", "--iterations", 5, "--split", out / "split.csv",
                 "--calibration-fraction", 0)
     assert r.returncode == 0, r.stderr
     reused = list(csv.DictReader(open(reuse / "split.csv")))

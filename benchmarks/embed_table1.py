@@ -1,0 +1,198 @@
+"""Table 1 (30 one-vs-rest tasks × seeds) for icsscan's pretrained whole-object components, on cached embeddings.
+
+The frozen ImageNet EfficientNet-Lite0 embedding of every image is computed once per dataset
+(`embed_cache.py`, the graph `icsscan scan` runs); each cell then runs the library's own fitting code on them:
+`icsscan.detector.calibration_holdout` (10 % of the class's training images held out), `embed.fit_embedding`
+(kNN bank + ICS head on embeddings, split by leave-one-out kNN distance), `embed.synthetic_anomalies` on the
+held-out normals (embedded by the same graph) for the label-free weights (`detector.weigh_without_labels`),
+`detector.standardise_and_offset`, then the test set's fused score. Only the images' pass through the frozen
+network is shared between cells; everything trained is trained per cell and seed.
+
+Methods written (rows of the same format as table1_raw.csv, into table1_embed_raw.csv):
+  icsscan_pt         eknn+eics, label-free weights          (candidate whole-object default)
+  icsscan_pt_equal   eknn+eics, equal weights
+  icsscan_eknn       kNN (k=2) distance of the embedding alone (DN2-like)
+  icsscan_eics       the ICS head on embeddings alone (symmetric distance head)
+  icsscan_eics_bce   the same head trained by the intra-class BCE alone (no closeness/dispersion: NNwICS)  [--ablation]
+  icsscan_eics_paper the same head with the paper's antisymmetric distance head                           [--ablation]
+  ImageNet_OCSVM     the paper's baseline with EfficientNet-Lite0 in place of VGG19: OCSVM (rbf, ν 0.15,
+                     γ "scale") on the same embeddings of all the class's training images (seed 0 only)
+
+    python benchmarks/embed_table1.py --datasets mnist --seeds 0-4 --ablation-seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import embed_cache  # noqa: E402
+import paper_eval as pe  # noqa: E402
+from table1 import RAW_COLUMNS, RawWriter, int_list, read_rows  # noqa: E402
+
+RESULTS = HERE / "results"
+RAW = RESULTS / "table1_embed_raw.csv"
+SYNTHETIC_MAX = 256  # held-out normals given a synthetic anomaly (as icsscan.detector does)
+
+
+def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation: bool,
+              with_ssim: bool = False) -> list[tuple[str, np.ndarray, dict]]:
+    import torch
+
+    from icsscan.config import preset_config
+    from icsscan.detector import array_to_rgb, calibration_holdout, standardise_and_offset, weigh_without_labels
+    from icsscan.embed import fit_embedding, synthetic_anomalies
+
+    torch.manual_seed(seed)
+    cfg = preset_config("default", seed=seed, embed_size=size, score="eknn+eics", global_weights="synthetic")
+    idx = np.flatnonzero(ds.y_train == cls)
+    fit_idx, cal_idx = calibration_holdout(len(idx), cfg.calibration_fraction, seed)
+    e_fit = torch.from_numpy(cache["train"][idx[fit_idx]])
+    e_cal = torch.from_numpy(cache["train"][idx[cal_idx]])
+    e_test = torch.from_numpy(cache["test"])
+    images = ds.x_train[idx]
+    side = images.shape[1]
+    base = array_to_rgb(images[cal_idx[:SYNTHETIC_MAX]], side)
+    donors = array_to_rgb(images[fit_idx[:256]], side)
+    e_syn = torch.from_numpy(embed_cache.embed_array(session, synthetic_anomalies(base, donors, seed), size))
+
+    scorer, info = fit_embedding(e_fit, cfg, ("eknn", "eics"))
+    with torch.no_grad():
+        comp = {name: scorer.components_of(e) for name, e in (("cal", e_cal), ("syn", e_syn), ("test", e_test))}
+    values = {k: {p: v.double().numpy() for p, v in c.items()} for k, c in comp.items()}
+    record: dict = {}
+    weights = weigh_without_labels(values["cal"], values["syn"], {"eknn": 0.5, "eics": 0.5}, record)
+    out = []
+    for method, w in (("icsscan_pt", weights), ("icsscan_pt_equal", {"eknn": 0.5, "eics": 0.5})):
+        fusion = standardise_and_offset(values["cal"], w, cfg.rho)
+        for key, value in fusion.items():
+            getattr(scorer, key).fill_(value)
+        with torch.no_grad():
+            fused = scorer.fused(comp["test"]).double().numpy()
+        # ties at sigmoid saturation would hide the ranking: rank by the logit-space sum instead
+        z = sum(w[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in
+                ((p, (values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p in w))
+        out.append((method, z, {"weights": w, **record, "saturated": float(np.mean(fused > 1 - 1e-7))}))
+    if with_ssim:  # the split autoencoder's SSIM error beside the pretrained components (from scratch, per cell)
+        from icsscan import data
+        from icsscan.split import ssim_scores, train_autoencoder
+
+        channels = 1 if images.ndim == 3 else 3
+
+        def tensor(rgb):
+            return torch.from_numpy(data.to_channels(rgb, channels))
+
+        ae = train_autoencoder(tensor(array_to_rgb(images[fit_idx], side)), cfg, torch.device("cpu"))
+        with torch.no_grad():
+            for key, rgb in (("cal", array_to_rgb(images[cal_idx], side)), ("syn", synthetic_anomalies(base, donors, seed)),
+                             ("test", array_to_rgb(ds.x_test, side))):
+                values[key]["ssim"] = 1.0 - ssim_scores(ae, tensor(rgb))
+        three: dict = {}
+        w3 = weigh_without_labels({p: values["cal"][p] for p in ("eknn", "eics", "ssim")},
+                                  {p: values["syn"][p] for p in ("eknn", "eics", "ssim")},
+                                  {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3}, three)
+        for method, w in (("icsscan_pts", w3), ("icsscan_pts_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
+            fusion = standardise_and_offset({p: values["cal"][p] for p in w}, w, cfg.rho)
+            z = sum(w[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in
+                    ((p, (values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p in w))
+            out.append((method, z, {"weights": w, **three}))
+        out.append(("icsscan_ssim", values["test"]["ssim"], {}))
+    out.append(("icsscan_eknn", values["test"]["eknn"], {}))
+    out.append(("icsscan_eics", values["test"]["eics"], {"n_atypical": info["n_atypical"]}))
+    if ablation:
+        for method, kwargs in (("icsscan_eics_bce", {"pair_losses": False}), ("icsscan_eics_paper", {"symmetric": False})):
+            s2, _ = fit_embedding_variant(e_fit, cfg, kwargs)
+            with torch.no_grad():
+                out.append((method, s2.head(e_test).double().numpy(), kwargs))
+    return out
+
+
+def fit_embedding_variant(e_fit, cfg, kwargs):
+    """fit_embedding's ICS head with one of train_patch_ics's ablation switches."""
+    from icsscan.embed import EmbeddingScorer, split_by_knn
+    from icsscan.local import train_patch_ics
+
+    scorer = EmbeddingScorer(cfg.embed_size, 1, ("eics",), pretrained=False)
+    _, atypical = split_by_knn(e_fit, cfg.rho)
+    train_patch_ics(scorer.head, e_fit, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, cfg.seed,
+                    **kwargs)
+    return scorer.eval(), None
+
+
+def ocsvm_scores(cache: dict, ds, cls: int) -> np.ndarray:
+    from sklearn.svm import OneClassSVM
+
+    train = cache["train"][ds.y_train == cls]
+    svm = OneClassSVM(kernel="rbf", nu=0.15, gamma="scale", cache_size=2000).fit(train)
+    return -svm.decision_function(cache["test"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="mnist,fashion_mnist,cifar10")
+    ap.add_argument("--classes", default="0-9")
+    ap.add_argument("--seeds", default="0-4")
+    ap.add_argument("--ablation-seeds", default="0")
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--raw", type=Path, default=RAW)
+    ap.add_argument("--with-ssim", action="store_true", help="also train the split autoencoder per cell and "
+                    "write icsscan_pts (eknn+eics+ssim, label-free weights), icsscan_pts_equal, icsscan_ssim")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    done = {(r["dataset"], r["class_index"], r["method"], r["seed"]) for r in read_rows(args.raw)}
+    writer = RawWriter(args.raw)
+    session = embed_cache.session_for(args.size, args.threads)
+    machine = json.dumps({"platform": platform.platform(), "cpu_count": os.cpu_count()})
+    for name in args.datasets.split(","):
+        ds = pe.load_dataset(name)
+        cache = embed_cache.cached_embeddings(name, args.size, args.threads)
+        per_image_s = 1.0 / float(cache["images_per_s"])
+        for cls in int_list(args.classes, 10):
+            base = {"dataset": name, "class_index": cls, "class_name": pe.CLASS_NAMES[name][cls], "device": "cpu",
+                    "data_source": ds.source, "threads": args.threads, "rho": ""}
+            if (name, str(cls), "ImageNet_OCSVM", "0") not in done:
+                t = time.perf_counter()
+                auc = pe.auc_percent(ds.y_test, cls, ocsvm_scores(cache, ds, cls))
+                n = int((ds.y_train == cls).sum())
+                writer.write({**base, "method": "ImageNet_OCSVM", "seed": 0, "auc": f"{auc:.4f}", "iterations": "",
+                              "seconds": f"{time.perf_counter() - t + per_image_s * (n + len(ds.y_test)):.1f}",
+                              "config": json.dumps({"features": f"EfficientNet-Lite0 (ImageNet) pooled stages 3+4, "
+                                                    f"L2-normalised, {args.size} px", "nu": 0.15, "gamma": "scale"}),
+                              "config_hash": pe.digest(["ImageNet_OCSVM", "efficientnet-lite0", args.size]),
+                              "note": "EfficientNet-Lite0 in place of the paper's VGG19 (no VGG19 weights offline)",
+                              "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+            for seed in int_list(args.seeds):
+                if (name, str(cls), "icsscan_pt", str(seed)) in done:
+                    continue
+                ablation = seed in int_list(args.ablation_seeds)
+                t = time.perf_counter()
+                rows = cell_rows(ds, cache, cls, seed, args.size, session, ablation, args.with_ssim)
+                seconds = time.perf_counter() - t + per_image_s * (int((ds.y_train == cls).sum()) + SYNTHETIC_MAX)
+                stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                for method, scores, extra in rows:
+                    auc = pe.auc_percent(ds.y_test, cls, scores)
+                    writer.write({**base, "method": method, "seed": seed, "auc": f"{auc:.4f}",
+                                  "iterations": "300 (ICS on embeddings)", "seconds": f"{seconds:.1f}",
+                                  "config": json.dumps({"size": args.size, "machine": machine, **extra}, default=float),
+                                  "config_hash": pe.digest([method, args.size, "v1"]), "note": "",
+                                  "finished_utc": stamp})
+                print(name, cls, seed, " ".join(f"{m}={pe.auc_percent(ds.y_test, cls, s):.1f}" for m, s, _ in rows),
+                      flush=True)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Whole-object scoring on a pretrained embedding: is this image, as a whole, unlike the normal ones?
+
+For small whole-object images (a digit, a garment, a photo of one object) the anomaly is what the object *is*,
+not a small spot on it. A frozen ImageNet network already knows what objects look like; a few thousand normal
+images then only have to say where "normal" lies in its embedding:
+
+  pixels → resized to `embed_size` → frozen EfficientNet-Lite0 → mean-pooled stage-3 and stage-4 maps, each
+    L2-normalised, concatenated (a unit vector e; stage 3 keeps strokes and textures that digits differ by,
+    stage 4 the object-level shape that photos differ by) →
+    "eknn" mean squared distance of e to its K nearest training embeddings (DN2-like; on unit vectors this is
+           2 − 2·cosine)
+    "eics" the ICS head on embeddings (METHOD.md §2 in the pretrained space): an MLP e → z → logit, trained
+           with closeness / intra-class / dispersion on the training embeddings split into typical and
+           atypical by their leave-one-out kNN distance (the ρ least typical normals are atypical), with a
+           symmetric distance head (the paper's antisymmetric one keeps both pair losses at ln 2)
+  → standardised on held-out normals, signed-log compressed, weighted (weights from normal images alone:
+    how well each separates held-out normals from synthetic anomalies) → sigmoid, 0.5 at the (1 − ρ) quantile.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import STAGE_CHANNELS, efficientnet_lite0
+from .local import PatchICSHead, train_patch_ics
+from .models import signed_log1p
+
+EMBED_COMPONENTS = ("eknn", "eics")
+EMBED_STAGES = (3, 4)
+K_NEIGHBOURS = 2
+
+
+class ImageEmbedding(nn.Module):
+    """Pixels in [0, 1] (N, 1|3, H, W) → unit embedding (N, 432): pooled stage 3 and 4 of ImageNet EfficientNet-Lite0."""
+
+    def __init__(self, size: int, pretrained: bool = True):
+        super().__init__()
+        self.size = size
+        self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=EMBED_STAGES)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.dim = sum(STAGE_CHANNELS[s] for s in EMBED_STAGES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if x.shape[-2:] != (self.size, self.size):  # small thumbnails are upsampled: ImageNet's scale of objects
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        maps = self.net(x * 2.0 - 1.0)
+        parts = [F.normalize(m.mean((2, 3)), dim=1) for m in maps]
+        return torch.cat(parts, 1) / math.sqrt(len(parts))
+
+
+def knn_distance(q: torch.Tensor, bank: torch.Tensor, k: int, skip_self: bool = False) -> torch.Tensor:
+    """Mean squared Euclidean distance of each row of q (N, D) to its k nearest rows of bank (M, D), by one
+    matmul (skip_self: q's rows are in the bank, so the nearest, itself, is left out)."""
+    d2 = (q * q).sum(-1, keepdim=True) - 2.0 * q @ bank.T + (bank * bank).sum(-1)
+    k = min(k, bank.shape[0] - int(skip_self))
+    nearest = d2.topk(k + int(skip_self), dim=-1, largest=False).values
+    return nearest[:, int(skip_self):].clamp_min(0.0).mean(-1)
+
+
+class EmbeddingScorer(nn.Module):
+    """What `scan` runs for a whole-object pretrained model: pixels (N, C, S, S) in [0, 1] → score (N,)."""
+
+    def __init__(self, size: int, n_bank: int, parts: tuple[str, ...], fusion: dict[str, float] | None = None,
+                 pretrained: bool = True, k: int = K_NEIGHBOURS):
+        super().__init__()
+        self.parts, self.k = parts, k
+        self.embedding = ImageEmbedding(size, pretrained=pretrained)
+        self.head = PatchICSHead(self.embedding.dim)
+        # centred like local.py's bank: distances unchanged, less float32 cancellation (ONNX parity)
+        self.register_buffer("bank", torch.zeros(n_bank, self.embedding.dim))
+        self.register_buffer("bank_mean", torch.zeros(self.embedding.dim))
+        fusion = fusion or {}
+        for part in EMBED_COMPONENTS:
+            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
+            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
+            self.register_buffer(f"{part}_weight", torch.tensor(float(fusion.get(f"{part}_weight", 1.0))))
+        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+
+    def components_of(self, e: torch.Tensor, exclude_self: bool = False) -> dict[str, torch.Tensor]:
+        """Each component from embeddings (exclude_self: e are the bank's own rows, as in the training set)."""
+        out = {}
+        if "eknn" in self.parts:
+            out["eknn"] = knn_distance(e - self.bank_mean, self.bank, self.k, skip_self=exclude_self)
+        if "eics" in self.parts:
+            out["eics"] = self.head(e)
+        return out
+
+    def components(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.components_of(self.embedding(x))
+
+    def fused(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = sum(getattr(self, f"{p}_weight") * signed_log1p((values[p] - getattr(self, f"{p}_center"))
+                                                            / getattr(self, f"{p}_scale")) for p in self.parts)
+        return torch.sigmoid(z - self.offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(self.components(x))
+
+
+@torch.no_grad()
+def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Embeddings of `images` (a float tensor, or local.FloatBatches over uint8 pixels), batch by batch."""
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(embedding(images[i:i + batch]).cpu())
+        if tick:
+            tick(len(out[-1]))
+    return torch.cat(out) if out else torch.zeros(0, embedding.dim)
+
+
+def split_by_knn(e: torch.Tensor, rho: float, k: int = K_NEIGHBOURS, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out kNN distance of each training embedding to the others, and the ρ largest marked atypical."""
+    distance = torch.cat([knn_distance(e[i:i + chunk], e, k, skip_self=True) for i in range(0, len(e), chunk)])
+    atypical = torch.zeros(len(e), dtype=torch.bool)
+    atypical[torch.argsort(distance, descending=True)[:max(2, int(round(rho * len(e))))]] = True
+    return distance, atypical
+
+
+def fit_embedding(train: torch.Tensor, cfg, parts: tuple[str, ...], embedding: ImageEmbedding | None = None,
+                  on_log: Callable[[dict], None] | None = None) -> tuple[EmbeddingScorer, dict]:
+    """Fit an EmbeddingScorer (everything but the fusion) from the training images' embeddings `train`
+    (computed by `embedding`; None: the benchmark's cached embeddings, the network is left untrained-random)."""
+    t = time.perf_counter()
+    scorer = EmbeddingScorer(cfg.embed_size, len(train), parts, pretrained=False)
+    if embedding is not None:
+        scorer.embedding = embedding
+    train = train.cpu()
+    scorer.bank_mean = train.mean(0)
+    scorer.bank = train - train.mean(0)
+    distance, atypical = split_by_knn(train, cfg.rho)
+    log = []
+    if "eics" in parts:
+        log = train_patch_ics(scorer.head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr,
+                              cfg.seed, on_log=on_log)
+    scorer.eval()
+    info = {"n_atypical": int(atypical.sum()), "atypical_distance_cut": float(distance[atypical].min()),
+            "train_log": log, "timings": {"train_s": time.perf_counter() - t}}
+    return scorer, info
+
+
+# ---------------------------------------------------------------------------------- label-free weights
+
+def synthetic_anomalies(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
+    """One synthetic anomaly per whole-object image (uint8 (N, H, W, 3)), for weighting without labels.
+
+    Whole-object anomalies change what the object is, so these changes are large: a quarter of another
+    normal image pasted in (cut-paste: a part that does not belong), a strong local blur (a missing detail),
+    a block of noise (a foreign texture), or a half mirrored onto the other (a broken shape).
+    """
+    rng = np.random.default_rng(seed)
+    out = images.copy()
+    n, h, w, _ = images.shape
+    for i in range(n):
+        img = out[i].astype(np.float64)
+        rh, rw = max(2, int(rng.uniform(0.3, 0.5) * h)), max(2, int(rng.uniform(0.3, 0.5) * w))
+        y, x = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+        kind = i % 4
+        if kind == 0:  # cut-paste from another normal image, from another place
+            donor = donors[rng.integers(len(donors))].astype(np.float64)
+            sy, sx = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+            img[y:y + rh, x:x + rw] = donor[sy:sy + rh, sx:sx + rw]
+        elif kind == 1:  # blur the region to its mean: the detail there is gone
+            img[y:y + rh, x:x + rw] = img[y:y + rh, x:x + rw].mean((0, 1))
+        elif kind == 2:  # a block of noise
+            img[y:y + rh, x:x + rw] = rng.uniform(0, 255, (rh, rw, 1 if np.ptp(img, 2).max() == 0 else 3))
+        else:  # the left half mirrored onto the right (or top onto bottom)
+            if rng.random() < 0.5:
+                img[:, w // 2:] = img[:, :w - w // 2][:, ::-1]
+            else:
+                img[h // 2:] = img[:h - h // 2][::-1]
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
