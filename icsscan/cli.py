@@ -339,7 +339,7 @@ def scan(
             typer.echo(f"icsscan: interrupted; partial report ({len(result.rows)} of {result.n_files} files) "
                        f"in {report_dir}, marked incomplete", err=True)
             raise typer.Exit(130)
-        if fail_on_anomaly and result.anomalies:
+        if fail_on_anomaly and result.n_anomalies:
             raise typer.Exit(1)
 
 

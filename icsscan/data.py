@@ -52,36 +52,62 @@ def is_image_file(path: Path) -> bool:
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
-    """All image files below `root` (or `root` itself if it is a file), sorted, symlink loops avoided.
+    """All image files below `root` (or `root` itself if it is a file), sorted, symlink loops avoided."""
+    return [Path(p) for p in iter_images(root)]
 
-    Directories are visited once each by their resolved path, so a symlink pointing back up the tree is
-    not followed twice. Names are sorted by their relative POSIX path so the order is the same on every OS.
+
+def iter_images(root: str | os.PathLike) -> Iterator[str]:
+    """The image files below `root` (or `root` itself if it is a file) as str paths, one at a time, in the
+    order of their relative POSIX paths (the same on every OS).
+
+    The walk is depth first with each folder's entries sorted by name, a sub-folder's name taken with a
+    trailing "/": every path below folder "a" starts with "a/", so this visits files in exactly the sorted
+    order of their relative paths while holding only the folders on the current branch, never the whole list.
+    Directories are visited once each by their resolved path, so a symlink pointing back up the tree is not
+    followed twice (the first one met in that order is the one listed).
     """
     root = Path(root)
     if root.is_file():
-        return [root] if is_image_file(root) else []
-    found: list[Path] = []
+        if is_image_file(root):
+            yield str(root)
+        return
     seen_dirs: set[str] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
+
+    def listing(folder: str) -> Iterator[tuple[str, bool]] | None:
+        """(path, is_folder) of a folder's images and sub-folders, sorted; None if seen or unreadable."""
         try:
             real = os.path.realpath(folder)
             if real in seen_dirs:
-                continue
+                return None
             seen_dirs.add(real)
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as it:
+                entries = []
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=True):
+                            entries.append((entry.name + "/", entry.path, True))
+                        elif entry.is_file(follow_symlinks=True) and is_image_file(Path(entry.name)):
+                            entries.append((entry.name, entry.path, False))
+                    except OSError:
+                        continue
         except OSError:
-            continue  # unreadable folder: nothing to list (permissions, vanished while walking)
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True) and is_image_file(Path(entry.name)):
-                    found.append(Path(entry.path))
-            except OSError:
+            return None  # unreadable folder: nothing to list (permissions, vanished while walking)
+        entries.sort()
+        return iter([(path, is_dir) for _, path, is_dir in entries])
+
+    first = listing(str(root))
+    stack = [first] if first is not None else []
+    while stack:
+        for path, is_dir in stack[-1]:
+            if not is_dir:
+                yield path
                 continue
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+            below = listing(path)
+            if below is not None:
+                stack.append(below)
+                break
+        else:
+            stack.pop()
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

@@ -280,7 +280,7 @@ class ICSDetector:
         out.mkdir(parents=True, exist_ok=True)
         write_split_rows(out / "split.csv", self.split_)
         save_preview(out / "split_preview.png", self._split_images_, self.split_["ssim"])
-        torch.save(self.autoencoder_.state_dict(), out / "autoencoder.pt")
+        save_state(self.autoencoder_.state_dict(), out / "autoencoder.pt")
         write_json_atomic(out / "config.json", {
             "step": "split", "created": now_iso(), "config": self.config_.to_dict(),
             "n_images": len(self.split_["paths"]), "n_atypical": int(self.split_["atypical"].sum()),
@@ -570,12 +570,12 @@ class ICSDetector:
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         try:
             if self.config_.is_local:
-                torch.save(self.scorer_.state_dict(), tmp / "local.pt")
+                save_state(self.scorer_.state_dict(), tmp / "local.pt")
             else:
-                torch.save(self.classifier_.state_dict(), tmp / "classifier.pt")
-                torch.save(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
+                save_state(self.classifier_.state_dict(), tmp / "classifier.pt")
+                save_state(self.autoencoder_.state_dict(), tmp / "autoencoder.pt")
                 if self.scorer_.embedder is not None:
-                    torch.save(self.scorer_.embedder.state_dict(), tmp / "embed.pt")
+                    save_state(self.scorer_.embedder.state_dict(), tmp / "embed.pt")
                 if self.split_:
                     write_split_rows(tmp / "split.csv", self.split_)
             np.save(tmp / "parity_inputs.npy", self.parity_inputs_, allow_pickle=False)
@@ -981,6 +981,20 @@ def threshold_for_rate(calibration_sorted: np.ndarray, rate: float) -> float:
         raise ModelError("this model has no calibration scores (trained with --calibration-fraction 0): "
                          "use --threshold instead of --false-alarm-rate")
     return float(np.quantile(calibration_sorted, 1 - rate, method="higher"))
+
+
+def save_state(state: dict, path: Path) -> None:
+    """torch.save through Python's file writes. Given a path, torch writes with its own C++ stream and reports a
+    full disk as a RuntimeError without an errno ("unexpected pos …"); serialised in memory first (a bundle's
+    state is tens of MiB at most), a full disk is an OSError(ENOSPC) from the write, which `save` and
+    `atomic_write` report as one line (exit 2) with the previous bundle left as it was."""
+    import io
+
+    from .files import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def write_split_rows(path: Path, split: dict) -> None:

@@ -73,6 +73,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
 @contextmanager
 def staged() -> Iterator[None]:
     """Atomic writes in this block are renamed into place together at its end: a failure part-way (a full

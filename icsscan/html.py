@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from . import __version__, data
 from .files import atomic_write, write_text_atomic
+from .rowstore import RowTable
 from .runinfo import now_iso
 from .scan import ScanResult
 
@@ -63,7 +64,8 @@ def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = T
     top, bottom = pick_grids(table, top_k)
     thumbs = write_thumbnails(out, top + bottom)
     heat = write_map_thumbnails(out, top, result.maps) if result.maps else {}
-    scores = [row.score for _, row, _, _ in table if row.score is not None]
+    scores = RowTable.of(result.rows).scores
+    scores = scores[~np.isnan(scores)]
     body = "\n".join([
         summary_html(result),
         "<h2>Score distribution</h2>",
@@ -80,11 +82,17 @@ def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = T
     return page
 
 
-def pick_grids(table: list, k: int) -> tuple[list, list]:
+def n_scored(table) -> int:
+    """Entries with a score; in ranked order they come first (report.Ranked knows their number)."""
+    known = getattr(table, "n_scored", None)
+    return known if known is not None else sum(1 for entry in table if entry[1].score is not None)
+
+
+def pick_grids(table, k: int) -> tuple[list, list]:
     """The k highest-scoring rows and the k lowest (lowest first), never showing one image in both grids."""
-    scored = [entry for entry in table if entry[1].score is not None]
-    top = scored[:k]
-    bottom = scored[max(len(top), len(scored) - k):][::-1]
+    n = n_scored(table)
+    top = list(table[:min(k, n)])
+    bottom = list(table[max(len(top), n - k):n])[::-1]
     return top, bottom
 
 
@@ -178,11 +186,11 @@ def save_png_atomic(img: Image.Image, dst: Path) -> None:
 
 def summary_html(result: ScanResult) -> str:
     m = result.model
-    n_failed = len(result.failures)
+    n_failed = result.n_failures
     images_per_s = f"{len(result.rows) / result.seconds:.1f}" if result.seconds > 0 else "n/a"
     rows = [  # (label, value already made HTML-safe)
         ("files", esc(result.n_files)), ("scored", esc(len(result.rows) - n_failed)),
-        ("unreadable", esc(n_failed)), ("anomalies", esc(len(result.anomalies))),
+        ("unreadable", esc(n_failed)), ("anomalies", esc(result.n_anomalies)),
         ("threshold", esc(f"{result.threshold:.4g} ({result.threshold_source})")),
         ("what it means", esc(result.meaning)),
         ("model", f"<code>{esc(m.path)}</code>"), ("model sha256", f"<code>{esc(m.sha256)}</code>"),
@@ -234,15 +242,16 @@ def file_uri(path: str) -> str | None:
         return None
 
 
-def failures_html(table: list) -> str:
-    failed = [row for _, row, _, _ in table if row.score is None]
-    if not failed:
+def failures_html(table) -> str:
+    start = n_scored(table)  # unreadable files are ranked last
+    n_failed = len(table) - start
+    if not n_failed:
         return "<h2>Unreadable files (0)</h2>\n<p>None: every file was scored.</p>"
-    rows = "\n".join(f"<tr><td><code>{esc(r.path)}</code></td><td>{esc(r.error)}</td></tr>"
-                     for r in failed[:MAX_FAILURES_LISTED])
-    more = (f"<p>… and {len(failed) - MAX_FAILURES_LISTED} more; see scores.csv.</p>"
-            if len(failed) > MAX_FAILURES_LISTED else "")
-    return (f'<h2>Unreadable files ({len(failed)})</h2>\n<table class="failures" id="unreadable">\n'
+    failed = [row for _, row, _, _ in table[start:start + MAX_FAILURES_LISTED]]
+    rows = "\n".join(f"<tr><td><code>{esc(r.path)}</code></td><td>{esc(r.error)}</td></tr>" for r in failed)
+    more = (f"<p>… and {n_failed - MAX_FAILURES_LISTED} more; see scores.csv.</p>"
+            if n_failed > MAX_FAILURES_LISTED else "")
+    return (f'<h2>Unreadable files ({n_failed})</h2>\n<table class="failures" id="unreadable">\n'
             f"<tr><th>file</th><th>reason</th></tr>\n{rows}\n</table>{more}")
 
 

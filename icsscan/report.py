@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .files import atomic_write, staged
 from .runinfo import machine, now_iso, versions, write_json_atomic
+from .rowstore import RowTable, rank_order
 from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
@@ -36,12 +37,43 @@ def neutralise(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-def ranked(result: ScanResult) -> list[tuple[int, Row, float | None, bool]]:
+class Ranked:
+    """The ranked report table: entries (rank, row, normal_percentile, is_anomaly), highest score first,
+    unreadable files last, by path. A sequence built on the fly from the scan's compact rows (an entry per
+    file would cost hundreds of bytes each); `n_scored` entries with a score come first."""
+
+    def __init__(self, result: ScanResult):
+        self.rows = RowTable.of(result.rows)
+        self.order = rank_order(self.rows)
+        self.threshold = result.threshold
+        self.calibration = result.model.calibration
+        self.n_scored = len(self.rows) - self.rows.n_failures
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _entry(self, k: int) -> tuple[int, Row, float | None, bool]:
+        row = self.rows.row(int(self.order[k]))
+        pct = percentile_of([row.score], self.calibration)[0]
+        return k + 1, row, pct, row.score is not None and row.score >= self.threshold
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._entry(i) for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError("ranked table index out of range")
+        return self._entry(k)
+
+    def __iter__(self):
+        for k in range(len(self)):
+            yield self._entry(k)
+
+
+def ranked(result: ScanResult) -> Ranked:
     """(rank, row, normal_percentile, is_anomaly), highest score first; unreadable files last, by path."""
-    order = sorted(result.rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.path))
-    percentiles = percentile_of([r.score for r in order], result.model.calibration)
-    return [(k + 1, r, p, r.score is not None and r.score >= result.threshold)
-            for k, (r, p) in enumerate(zip(order, percentiles))]
+    return Ranked(result)
 
 
 def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
@@ -80,24 +112,26 @@ def write_scores_csv(path: Path, table: list) -> None:
             ])
 
 
-def write_junit(path: Path, table: list, result: ScanResult) -> None:
-    """One test case per image: anomalies are failures, unreadable files are errors."""
+def write_junit(path: Path, table, result: ScanResult) -> None:
+    """One test case per image: anomalies are failures, unreadable files are errors. Streamed one test case at
+    a time (an ElementTree of the whole folder would grow with it); the bytes are ElementTree's own."""
     clean = lambda s: _XML_ILLEGAL.sub("?", safe_text(s))  # noqa: E731 - XML 1.0 forbids control chars
     suite = ET.Element("testsuite", name="icsscan", tests=str(len(table)),
-                       failures=str(len(result.anomalies)), errors=str(len(result.failures)),
+                       failures=str(result.n_anomalies), errors=str(result.n_failures),
                        time=f"{result.seconds:.3f}", timestamp=now_iso())
-    for rank, row, pct, flagged in table:
-        case = ET.SubElement(suite, "testcase", classname="icsscan.scan", name=clean(row.path), time="0")
-        if row.score is None:
-            ET.SubElement(case, "error", message=clean(row.error), type="unreadable")
-        elif flagged:
-            pct_text = "" if pct is None else f", above {pct:.1%} of normal images"
-            ET.SubElement(case, "failure", type="anomaly",
-                          message=f"anomaly score {row.score:.4f} >= threshold {result.threshold:.4g}{pct_text}")
-    suites = ET.Element("testsuites")
-    suites.append(suite)
+    opening = ET.tostring(suite, encoding="unicode", short_empty_elements=False).removesuffix("</testsuite>")
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        f.write(ET.tostring(suites, encoding="unicode", xml_declaration=True))
+        f.write("<?xml version='1.0' encoding='UTF-8'?>\n<testsuites>" + opening)
+        for rank, row, pct, flagged in table:
+            case = ET.Element("testcase", classname="icsscan.scan", name=clean(row.path), time="0")
+            if row.score is None:
+                ET.SubElement(case, "error", message=clean(row.error), type="unreadable")
+            elif flagged:
+                pct_text = "" if pct is None else f", above {pct:.1%} of normal images"
+                ET.SubElement(case, "failure", type="anomaly",
+                              message=f"anomaly score {row.score:.4f} >= threshold {result.threshold:.4g}{pct_text}")
+            f.write(ET.tostring(case, encoding="unicode"))
+        f.write("</testsuite></testsuites>")
 
 
 def copy_flagged(out: Path, table: list) -> int:
@@ -120,7 +154,7 @@ def copy_flagged(out: Path, table: list) -> int:
 def summary_dict(result: ScanResult, table: list, folder: str, command: list[str] | None,
                  outputs: list[str]) -> dict[str, Any]:
     m = result.model
-    n_scored = len(result.rows) - len(result.failures)
+    n_scored = len(result.rows) - result.n_failures
     return {
         "icsscan_version": __version__,
         "complete": not result.interrupted,
@@ -129,7 +163,7 @@ def summary_dict(result: ScanResult, table: list, folder: str, command: list[str
         "command": [safe_text(arg) for arg in command] if command else command,  # argv may hold undecodable bytes
         "folder": safe_text(str(folder)),
         "counts": {"files": result.n_files, "rows": len(result.rows), "scored": n_scored,
-                   "unreadable": len(result.failures), "anomalies": len(result.anomalies),
+                   "unreadable": result.n_failures, "anomalies": result.n_anomalies,
                    "not_reached": result.n_files - len(result.rows)},
         "threshold": {"value": result.threshold, "source": result.threshold_source, "meaning": result.meaning,
                       "expected_false_alarm_rate": expected_false_alarm_rate(m.calibration, result.threshold)},

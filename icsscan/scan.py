@@ -20,6 +20,7 @@ import numpy as np
 from . import data
 from .errors import ModelError, UsageError
 from .maps import peak
+from .rowstore import PathList, RowTable
 
 DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
@@ -223,19 +224,23 @@ def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, wo
     """
     if model.has_map:
         batch_size = min(batch_size, LOCAL_MAX_BATCH)
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    if not chunks:
+    starts = range(0, len(paths), batch_size)  # chunks are sliced when needed: `paths` may be a compact PathList
+    if not starts:
         return
+    chunk_at = lambda i: [str(p) for p in paths[i:i + batch_size]]  # noqa: E731
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        submit = lambda chunk: [pool.submit(_decode_one, str(p), model.decode_size) for p in chunk]  # noqa: E731
-        pending = submit(chunks[0])
-        for k, chunk in enumerate(chunks):
+        submit = lambda chunk: [pool.submit(_decode_one, p, model.decode_size) for p in chunk]  # noqa: E731
+        chunk = chunk_at(0)
+        pending = submit(chunk)
+        for k in range(len(starts)):
             current = pending
-            pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+            following = chunk_at(starts[k + 1]) if k + 1 < len(starts) else []
+            pending = submit(following) if following else []
             decoded = [f.result() for f in current]
             yield from infer_batch(model, chunk, decoded, on_map)
             if on_batch:
                 on_batch(len(chunk))
+            chunk = following
 
 
 class MapKeeper:
@@ -320,7 +325,7 @@ def threshold_meaning(model: ScanModel, threshold: float, source: str, false_ala
 
 @dataclass
 class ScanResult:
-    rows: list[Row]
+    rows: RowTable  # a sequence of Row (a list of Row is converted)
     threshold: float
     threshold_source: str
     meaning: str
@@ -331,20 +336,35 @@ class ScanResult:
     maps: dict = field(default_factory=dict)  # local models: path → anomaly map of the top-scoring images
     overlays: dict = field(default_factory=dict)  # scan --maps: path → overlay file name under maps/
 
+    def __post_init__(self) -> None:
+        self.rows = RowTable.of(self.rows)  # compact: one Row object per file would grow with the folder
+
     @property
     def failures(self) -> list[Row]:
-        return [r for r in self.rows if r.score is None]
+        table = RowTable.of(self.rows)
+        return [table.row(int(i)) for i in np.flatnonzero(np.isnan(table.scores))]
 
     @property
     def anomalies(self) -> list[Row]:
-        return [r for r in self.rows if r.score is not None and r.score >= self.threshold]
+        table = RowTable.of(self.rows)
+        flagged = np.nan_to_num(table.scores, nan=-np.inf) >= self.threshold  # no score: never an anomaly
+        return [table.row(int(i)) for i in np.flatnonzero(flagged)]
+
+    @property
+    def n_failures(self) -> int:
+        return RowTable.of(self.rows).n_failures
+
+    @property
+    def n_anomalies(self) -> int:
+        return RowTable.of(self.rows).count_at_or_above(self.threshold)
 
 
-def list_scan_files(folder: str | os.PathLike) -> list[Path]:
+def list_scan_files(folder: str | os.PathLike) -> PathList:
+    """The image files under `folder` in scan order, as a compact sequence of str."""
     root = Path(folder)
     if not root.exists():
         raise UsageError(f"{root}: no such file or folder")
-    files = data.find_images(root)
+    files = PathList(data.iter_images(root))
     if not files:
         raise UsageError(f"{root}: no image files found ({', '.join(data.IMAGE_EXTENSIONS)}, any letter case)")
     return files
@@ -369,14 +389,14 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     thr, source = resolve_threshold(model, threshold, false_alarm_rate)
     files = list_scan_files(folder)
     started = time.perf_counter()
-    rows: list[Row] = [done[str(f)] for f in files if str(f) in done] if done else []
-    todo = [str(f) for f in files if not done or str(f) not in done]
+    rows = RowTable(done[f] for f in files if f in done) if done else RowTable()
+    todo = PathList(f for f in files if f not in done) if done else files
     count = [len(rows)]
 
     def tick(n: int) -> None:
         count[0] += n
         if on_rows:
-            on_rows(rows[-n:])
+            on_rows(rows[len(rows) - n:])
         if on_progress:
             on_progress(count[0], len(files))
 

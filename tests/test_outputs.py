@@ -208,6 +208,96 @@ def test_full_disk_is_exit_2_with_one_line(tiny_bundle, tmp_path, monkeypatch):
     assert "no space left on device" in r.output and "internal error" not in r.output
 
 
+class _NoSpaceFile:
+    """A binary file on a full disk: every write fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def full_disk_for_binary_writes(monkeypatch):
+    """Atomic binary writes (the model states: torch.save output) hit a full disk; text files still go through."""
+    from icsscan import files
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        return _NoSpaceFile(f) if "b" in mode else f
+
+    monkeypatch.setattr(files.os, "fdopen", fdopen)
+
+
+def test_full_disk_while_saving_the_bundle_keeps_the_previous_one(fitted, tmp_path, monkeypatch):
+    """torch.save given a path reports ENOSPC as a RuntimeError without errno (exit 4 before); the states are
+    now written through Python, so a full disk is one line, exit 2, and the previous bundle stays."""
+    from typer.testing import CliRunner
+
+    from icsscan.cli import app
+    from icsscan.detector import ICSDetector
+    from icsscan.files import OutputError
+
+    target = fitted.save(tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    full_disk_for_binary_writes(monkeypatch)
+    with pytest.raises(OutputError, match="no space left on device while saving the model bundle"):
+        fitted.save(target)
+
+    def fit(self, X, y=None, split=None):  # no training: the test is about the save
+        self.__dict__.update(fitted.__dict__)
+        return self
+
+    monkeypatch.setattr(ICSDetector, "fit", fit)
+    r = CliRunner().invoke(app, ["train", str(SAMPLE / "good"), "--out", str(target)])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no space left on device while saving the model bundle" in lines[0], r.output
+    assert "internal error" not in r.output
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before, "the previous bundle was changed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"] or \
+        sorted(p.name for p in tmp_path.iterdir()) == ["model"], "temporary files left behind"
+
+
+def test_torch_save_on_a_really_full_disk_keeps_the_previous_bundle(fitted, tmp_path):
+    """The same on a real full file system (a small tmpfs; needs root, else skipped), sized so that the first
+    state file of the second save (torch.save's output) is what no longer fits."""
+    if os.geteuid() != 0 or sys.platform != "linux":
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    from icsscan.files import OutputError
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = lambda *opts: subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(opts), "tmpfs", str(mnt)],  # noqa: E731
+                                         capture_output=True).returncode == 0
+    if not mount("size=64m"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        target = fitted.save(mnt / "model")
+        before = {p.name: p.read_bytes() for p in target.iterdir()}
+        first_state = min(p.stat().st_size for p in target.glob("*.pt"))
+        st = os.statvfs(mnt)
+        used_kib = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024
+        assert mount("remount", f"size={used_kib + max(4, first_state // 2048)}k")  # less room than one state file
+        with pytest.raises(OutputError, match="no space left on device while saving the model bundle"):
+            fitted.save(target)
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before, "the previous bundle was changed"
+        assert [p.name for p in mnt.iterdir()] == ["model"], "temporary files left behind"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a failed test may hold a file open
+
+
 # --------------------------------------------------------------------------------------------- one writer
 
 def test_second_writer_to_the_same_out_is_refused(tiny_onnx, tmp_path):
