@@ -9,16 +9,20 @@ held-out normals (embedded by the same graph) for the label-free weights (`detec
 network is shared between cells; everything trained is trained per cell and seed.
 
 Methods written (rows of the same format as table1_raw.csv, into table1_embed_raw.csv):
-  icsscan_pt         eknn+eics, label-free weights          (candidate whole-object default)
-  icsscan_pt_equal   eknn+eics, equal weights
-  icsscan_eknn       kNN (k=2) distance of the embedding alone (DN2-like)
-  icsscan_eics       the ICS head on embeddings alone (symmetric distance head)
-  icsscan_eics_bce   the same head trained by the intra-class BCE alone (no closeness/dispersion: NNwICS)  [--ablation]
-  icsscan_eics_paper the same head with the paper's antisymmetric distance head                           [--ablation]
-  ImageNet_OCSVM     the paper's baseline with EfficientNet-Lite0 in place of VGG19: OCSVM (rbf, ν 0.15,
-                     γ "scale") on the same embeddings of all the class's training images (seed 0 only)
+  icsscan                eknn+eics+ssim, label-free weights   (the default for whole-object images) [--with-ssim]
+  icsscan_default_equal  the same three, equal weights                                              [--with-ssim]
+  icsscan_ssim           the split autoencoder's 1 − SSIM alone                                     [--with-ssim]
+  icsscan_no_ssim        eknn+eics, label-free weights (the pretrained part alone)
+  icsscan_no_ssim_equal  eknn+eics, equal weights
+  icsscan_eknn           kNN (k=2) distance of the embedding alone (DN2-like)
+  icsscan_eics           the ICS head on embeddings alone (symmetric distance head)
+  icsscan_eics_bce       the same head trained by the intra-class BCE alone (no closeness/dispersion: NNwICS)  [--ablation-seeds]
+  icsscan_eics_paper     the same head with the paper's antisymmetric distance head                           [--ablation-seeds]
+  ImageNet_OCSVM         the paper's baseline with EfficientNet-Lite0 in place of VGG19: OCSVM (rbf, ν 0.15,
+                         γ "scale") on the same embeddings of all the class's training images (seed 0 only)
 
-    python benchmarks/embed_table1.py --datasets mnist --seeds 0-4 --ablation-seeds 0
+    python benchmarks/embed_cache.py                       # once: every image's embedding (~25 min per dataset, 1 thread)
+    python benchmarks/embed_table1.py --datasets mnist --seeds 0 --ablation-seeds 0 --with-ssim
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     record: dict = {}
     weights = weigh_without_labels(values["cal"], values["syn"], {"eknn": 0.5, "eics": 0.5}, record)
     out = []
-    for method, w in (("icsscan_pt", weights), ("icsscan_pt_equal", {"eknn": 0.5, "eics": 0.5})):
+    for method, w in (("icsscan_no_ssim", weights), ("icsscan_no_ssim_equal", {"eknn": 0.5, "eics": 0.5})):
         fusion = standardise_and_offset(values["cal"], w, cfg.rho)
         for key, value in fusion.items():
             getattr(scorer, key).fill_(value)
@@ -101,7 +105,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
         w3 = weigh_without_labels({p: values["cal"][p] for p in ("eknn", "eics", "ssim")},
                                   {p: values["syn"][p] for p in ("eknn", "eics", "ssim")},
                                   {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3}, three)
-        for method, w in (("icsscan_pts", w3), ("icsscan_pts_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
+        for method, w in (("icsscan", w3), ("icsscan_default_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
             fusion = standardise_and_offset({p: values["cal"][p] for p in w}, w, cfg.rho)
             z = sum(w[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in
                     ((p, (values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p in w))
@@ -147,7 +151,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--raw", type=Path, default=RAW)
     ap.add_argument("--with-ssim", action="store_true", help="also train the split autoencoder per cell and "
-                    "write icsscan_pts (eknn+eics+ssim, label-free weights), icsscan_pts_equal, icsscan_ssim")
+                    "write icsscan (the default: eknn+eics+ssim, label-free weights), icsscan_default_equal, icsscan_ssim")
     args = ap.parse_args()
     import torch
 
@@ -175,7 +179,7 @@ def main() -> None:
                               "note": "EfficientNet-Lite0 in place of the paper's VGG19 (no VGG19 weights offline)",
                               "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
             for seed in int_list(args.seeds):
-                if (name, str(cls), "icsscan_pt", str(seed)) in done:
+                if (name, str(cls), "icsscan_no_ssim", str(seed)) in done:
                     continue
                 ablation = seed in int_list(args.ablation_seeds)
                 t = time.perf_counter()

@@ -60,7 +60,7 @@ def tiny_model(workdir: Path) -> Path:
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
-    cfg = preset_config("default", ae_epochs=3, iterations=40, seed=0, device="cpu")
+    cfg = preset_config("default", backbone="small", ae_epochs=3, iterations=40, seed=0, device="cpu")
     ICSDetector(config=cfg).fit(REPO / "sample_data" / "good").save(out)
     return out
 

@@ -82,7 +82,7 @@ def main() -> None:
                 (good / f.name).symlink_to(f)
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "icsscan", "train", str(good), "--out", str(tmp / "model"),
-                            "--iterations", str(args.iterations), "--seed", "0"], check=True,
+                            "--backbone", "small", "--iterations", str(args.iterations), "--seed", "0"], check=True,
                            stdout=subprocess.DEVNULL)
             train_s = time.perf_counter() - t
             args.model = tmp / "model"

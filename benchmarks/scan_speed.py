@@ -84,7 +84,7 @@ def get_model(args, files_root: Path) -> Path:
     target = Path(args.model) if args.model else Path(tempfile.mkdtemp(prefix="icsscan-bench-model-")) / "model"
     print(f"training the benchmark model on {len(train)} airplane JPEGs → {target}", flush=True)
     t = time.perf_counter()
-    ICSDetector(iterations=50, seed=0).fit(train).save(target)
+    ICSDetector(iterations=50, seed=0, backbone="small").fit(train).save(target)
     print(f"  trained in {time.perf_counter() - t:.0f} s", flush=True)
     return target
 

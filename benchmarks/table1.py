@@ -548,7 +548,8 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
               "the frozen ImageNet EfficientNet-Lite0 (160 px, pooled stages 3 and 4, each L2-normalised; computed once "
               "per dataset by the exported graph), 10 % held out for calibration, `eknn` (mean squared distance to the "
               "2 nearest training embeddings) and `eics` (the ICS head on embeddings: split by leave-one-out kNN "
-              "distance, ρ = 10 %, 300 steps of closeness / intra-class / dispersion with a symmetric distance head), "
+              "distance, ρ = 10 %, 300 steps of closeness / intra-class / dispersion with a symmetric distance head) "
+              "and `ssim` (1 − SSIM of the split autoencoder, trained per cell from scratch, 8 epochs), "
               "weighted without labels by how well each separates the held-out normals from synthetic anomalies made "
               "from them (`embed.synthetic_anomalies`) — `embed_table1.py`, the library's own fitting code.",
               "- **icsscan_small** (the previous default; `--backbone small`): `ICSDetector(preset=\"default\", "
@@ -633,8 +634,11 @@ def ablation_lines(table: list[dict], results: Path) -> list[str]:
 
 def pretrained_lines(cells: dict) -> list[str]:
     """Per-dataset means of the pretrained whole-object default and its parts (embed_table1.py)."""
-    what = {"icsscan": "**icsscan** default: eknn+eics, label-free weights",
-            "icsscan_pt_equal": "eknn+eics, equal weights",
+    what = {"icsscan": "**icsscan** default: eknn+eics+ssim, label-free weights",
+            "icsscan_default_equal": "the same three, equal weights",
+            "icsscan_no_ssim": "eknn+eics (the pretrained part alone), label-free weights",
+            "icsscan_no_ssim_equal": "eknn+eics, equal weights",
+            "icsscan_ssim": "ssim alone (split autoencoder, from scratch)",
             "icsscan_eknn": "eknn alone (kNN, k = 2, on the embedding; DN2-like)",
             "icsscan_eics": "eics alone (ICS head on the embedding, symmetric distance head)",
             "icsscan_eics_bce": "ICS head trained by intra-class BCE alone (no closeness/dispersion; seed 0)",
