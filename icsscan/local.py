@@ -96,7 +96,8 @@ class LocalScorer(nn.Module):
         q = e.permute(0, 2, 3, 1).reshape(n, h * w, d)
         maps: dict[str, torch.Tensor] = {}
         if "knn" in self.parts:
-            maps["knn"] = nearest_distance(q - self.bank_mean, self.bank).view(n, h, w)
+            # in float64: |q|² − 2q·b + |b|² cancels, and float32 left ~1e-4 between onnxruntime and PyTorch
+            maps["knn"] = nearest_distance((q - self.bank_mean).double(), self.bank.double()).float().view(n, h, w)
         if "pics" in self.parts:
             maps["pics"] = self.head(q).view(n, h, w)
         return maps, q.mean(1)
