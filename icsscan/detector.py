@@ -352,13 +352,21 @@ class ICSDetector:
 
                 base = loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx]
                 synthetic = self._tensor(synthetic_anomalies(base, loaded.images[fit_idx[:256]], cfg.seed), device)
+            reference_values: dict[str, np.ndarray] = {}
             fusion = fit_fusion(self.scorer_, reference, cfg.rho, synthetic=synthetic,
-                                reference_is_training=not len(cal_idx))
+                                reference_is_training=not len(cal_idx), keep=reference_values)
             self.rot_accuracy_ = fusion.get("rot_accuracy")
             self.fusion_ = fusion
             self.scorer_ = AnomalyScorer(self.classifier_, self.autoencoder_, cfg.score, fusion,
                                          embedder=embedder).to(device).eval()
-        self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
+        if len(cal_idx) and len(self.scorer_.parts) > 1:
+            # the held-out normals' components are known from the fusion fit: the scorer's own fusion of them is
+            # exactly its forward pass (same float32 values and ops), without running the networks a second time
+            with torch.no_grad():
+                z = self.scorer_.fused_z({p: torch.from_numpy(v).float().to(device) for p, v in reference_values.items()})
+                self.calibration_scores_ = np.sort(torch.sigmoid(z - self.scorer_.offset).double().cpu().numpy())
+        else:
+            self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
         self.threshold_ = 0.5
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = fit_paths
@@ -907,7 +915,7 @@ def fit_latent_gaussian(classifier: ICSClassifier, images: torch.Tensor) -> None
 
 @torch.no_grad()
 def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synthetic: torch.Tensor | None = None,
-               reference_is_training: bool = False) -> dict[str, float]:
+               reference_is_training: bool = False, keep: dict | None = None) -> dict[str, float]:
     """Centre and spread of each component on reference normals, and the offset that puts 0.5 at (1 − ρ).
 
     With `synthetic` (the reference normals with one synthetic anomaly each) the score string's weights are
@@ -915,19 +923,24 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
     reference_is_training: too few images for a held-out set, the training images stand in (their eknn is
     taken to the nearest *other* training images)."""
     def values_of(images: torch.Tensor, exclude_self: bool = False) -> dict[str, np.ndarray]:
-        chunks = []
-        for i in range(0, len(images), SCORE_BATCH):
-            got = scorer.components(images[i:i + SCORE_BATCH])
-            if exclude_self and "eknn" in got:
-                e = scorer.embedder.embedding(images[i:i + SCORE_BATCH])
-                got["eknn"] = scorer.embedder.components_of(e, exclude_self=True)["eknn"]
-            chunks.append(got)
-        return {part: torch.cat([c[part].cpu() for c in chunks]).double().numpy() for part in scorer.parts}
+        others = tuple(p for p in scorer.parts if p not in EMBED_COMPONENTS)
+        chunks = [scorer.components(images[i:i + SCORE_BATCH], others) for i in range(0, len(images), SCORE_BATCH)
+                  ] if others else []
+        values = {part: torch.cat([c[part].cpu() for c in chunks]).double().numpy() for part in others}
+        if len(others) < len(scorer.parts):  # the embedding once per image (onnxruntime on the CPU: embed_all)
+            from .embed import embed_all
+
+            e = embed_all(scorer.embedder.embedding, images).to(images.device)
+            got = scorer.embedder.components_of(e, exclude_self=exclude_self)
+            values.update({p: got[p].cpu().double().numpy() for p in scorer.parts if p in EMBED_COMPONENTS})
+        return values
 
     fusion: dict[str, float] = {"offset": 0.0}
     if "rot" in scorer.parts:  # recorded for the user: how learnable the rotation task is on their images
         fusion["rot_accuracy"] = rotation_accuracy(scorer.classifier, reference)
     values = values_of(reference, reference_is_training)
+    if keep is not None:  # the caller's copy of the reference components (float32 values, as float64)
+        keep.update(values)
     weights = score_weights(scorer.kind)
     if synthetic is not None:
         weights = weigh_without_labels(values, values_of(synthetic), weights, fusion)
