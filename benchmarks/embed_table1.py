@@ -54,7 +54,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb, calibration_holdout, standardise_and_offset, weigh_without_labels
+    from icsscan.detector import array_to_rgb, calibration_holdout, weigh_without_labels
     from icsscan.embed import fit_embedding, synthetic_anomalies
 
     torch.manual_seed(seed)
@@ -78,15 +78,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     weights = weigh_without_labels(values["cal"], values["syn"], {"eknn": 0.5, "eics": 0.5}, record)
     out = []
     for method, w in (("icsscan_no_ssim", weights), ("icsscan_no_ssim_equal", {"eknn": 0.5, "eics": 0.5})):
-        fusion = standardise_and_offset(values["cal"], w, cfg.rho)
-        for key, value in fusion.items():
-            getattr(scorer, key).fill_(value)
-        with torch.no_grad():
-            fused = scorer.fused(comp["test"]).double().numpy()
-        # ties at sigmoid saturation would hide the ranking: rank by the logit-space sum instead
-        z = sum(w[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in
-                ((p, (values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p in w))
-        out.append((method, z, {"weights": w, **record, "saturated": float(np.mean(fused > 1 - 1e-7))}))
+        out.append((method, fused_logit(values, w, cfg.rho), {"weights": w, **record}))
     if with_ssim:  # the split autoencoder's SSIM error beside the pretrained components (from scratch, per cell)
         from icsscan import data
         from icsscan.split import ssim_scores, train_autoencoder
@@ -106,10 +98,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
                                   {p: values["syn"][p] for p in ("eknn", "eics", "ssim")},
                                   {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3}, three)
         for method, w in (("icsscan", w3), ("icsscan_default_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
-            fusion = standardise_and_offset({p: values["cal"][p] for p in w}, w, cfg.rho)
-            z = sum(w[p] * np.sign(v) * np.log1p(np.abs(v)) for p, v in
-                    ((p, (values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p in w))
-            out.append((method, z, {"weights": w, **three}))
+            out.append((method, fused_logit(values, w, cfg.rho), {"weights": w, **three}))
         out.append(("icsscan_ssim", values["test"]["ssim"], {}))
     out.append(("icsscan_eknn", values["test"]["eknn"], {}))
     out.append(("icsscan_eics", values["test"]["eics"], {"n_atypical": info["n_atypical"]}))
@@ -119,6 +108,18 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
             with torch.no_grad():
                 out.append((method, s2.head(e_test).double().numpy(), kwargs))
     return out
+
+
+def fused_logit(values: dict, weights: dict[str, float], rho: float) -> np.ndarray:
+    """The test set's fused score before the sigmoid, with centres and spreads from the held-out normals: the
+    same ranking as AnomalyScorer's output, without ties where the sigmoid saturates in float32."""
+    from icsscan.detector import standardise_and_offset
+    from icsscan.models import signed_log1p
+    import torch
+
+    fusion = standardise_and_offset({p: values["cal"][p] for p in weights}, weights, rho)
+    return sum(w * signed_log1p(torch.from_numpy((values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
+               for p, w in weights.items())
 
 
 def fit_embedding_variant(e_fit, cfg, kwargs):

@@ -29,7 +29,6 @@ from torch.nn import functional as F
 
 from .backbones import STAGE_CHANNELS, efficientnet_lite0
 from .local import PatchICSHead, train_patch_ics
-from .models import signed_log1p
 
 EMBED_COMPONENTS = ("eknn", "eics")
 EMBED_STAGES = (3, 4)
@@ -66,10 +65,12 @@ def knn_distance(q: torch.Tensor, bank: torch.Tensor, k: int, skip_self: bool = 
 
 
 class EmbeddingScorer(nn.Module):
-    """What `scan` runs for a whole-object pretrained model: pixels (N, C, S, S) in [0, 1] → score (N,)."""
+    """The pretrained whole-object components of a global model: pixels (N, C, S, S) in [0, 1] → eknn, eics.
 
-    def __init__(self, size: int, n_bank: int, parts: tuple[str, ...], fusion: dict[str, float] | None = None,
-                 pretrained: bool = True, k: int = K_NEIGHBOURS):
+    Their standardisation and weights live with the other components' in detector.AnomalyScorer."""
+
+    def __init__(self, size: int, n_bank: int, parts: tuple[str, ...], pretrained: bool = True,
+                 k: int = K_NEIGHBOURS):
         super().__init__()
         self.parts, self.k = parts, k
         self.embedding = ImageEmbedding(size, pretrained=pretrained)
@@ -77,12 +78,6 @@ class EmbeddingScorer(nn.Module):
         # centred like local.py's bank: distances unchanged, less float32 cancellation (ONNX parity)
         self.register_buffer("bank", torch.zeros(n_bank, self.embedding.dim))
         self.register_buffer("bank_mean", torch.zeros(self.embedding.dim))
-        fusion = fusion or {}
-        for part in EMBED_COMPONENTS:
-            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
-            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
-            self.register_buffer(f"{part}_weight", torch.tensor(float(fusion.get(f"{part}_weight", 1.0))))
-        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
 
     def components_of(self, e: torch.Tensor, exclude_self: bool = False) -> dict[str, torch.Tensor]:
         """Each component from embeddings (exclude_self: e are the bank's own rows, as in the training set)."""
@@ -96,14 +91,6 @@ class EmbeddingScorer(nn.Module):
     def components(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.components_of(self.embedding(x))
 
-    def fused(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = sum(getattr(self, f"{p}_weight") * signed_log1p((values[p] - getattr(self, f"{p}_center"))
-                                                            / getattr(self, f"{p}_scale")) for p in self.parts)
-        return torch.sigmoid(z - self.offset)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused(self.components(x))
-
 
 @torch.no_grad()
 def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -111,7 +98,11 @@ def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable
 
     On the CPU the frozen network runs in onnxruntime (the graph `scan` will run; 1.6-2x PyTorch eager's
     images/s here); PyTorch when onnxruntime is missing, the export fails, or on a GPU."""
-    run = _onnx_runner(embedding, images[:1]) if len(images) and images[:1].device.type == "cpu" else None
+    run = None
+    if len(images) and images[:1].device.type == "cpu":  # one export per embedding module (its weights are frozen)
+        if "_ort_run" not in embedding.__dict__:
+            embedding.__dict__["_ort_run"] = _onnx_runner(embedding, images[:1])
+        run = embedding.__dict__["_ort_run"]
     out = []
     for i in range(0, len(images), batch):
         x = images[i:i + batch]
