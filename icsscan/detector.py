@@ -399,7 +399,7 @@ class ICSDetector:
 
         embedder, info = fit_embedding(train, cfg, parts, embedding=embedding, on_log=on_log)
         info.pop("train_log")
-        self.embed_info_ = {**info, "bank_rows": int(embedder.bank.shape[0])}
+        self.embed_info_ = info  # embedding_metadata() adds the bank's size and the network's
         return embedder.to(device).eval()
 
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
@@ -820,8 +820,8 @@ def array_to_rgb(X: np.ndarray, size: "data.Size") -> np.ndarray:
 
 def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
     """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else a
-    global model; score "auto" → the measured default of each kind: knn+pics+gknn (local), eknn+eics (whole-object
-    images, backbone auto: the pretrained embedding), ics+ssim+rot*0.7+maha*2 (backbone small/alexnet chosen:
+    global model; score "auto" → the measured default of each kind: knn+pics+gknn (local), eknn+eics+ssim
+    (whole-object images, backbone auto: the pretrained embedding and the split autoencoder), ics+ssim+rot*0.7+maha*2 (backbone small/alexnet chosen:
     the from-scratch recipe). A local model given a global-only score string gets the local default score;
     global_weights "auto" → synthetic when the score has pretrained components, else fixed."""
     backbone, score = cfg.backbone, cfg.score
