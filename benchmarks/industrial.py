@@ -56,9 +56,21 @@ def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...
     return np.asarray(z)
 
 
-def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
+def component_pass(det, rgb: np.ndarray, batch: int = 8) -> dict[str, list]:
+    """The model's per-image components (PyTorch), a batch of decoded images at a time."""
     import torch
 
+    comps: dict[str, list] = {}
+    device = next(det.scorer_.buffers()).device
+    with torch.no_grad():
+        for i in range(0, len(rgb), batch):
+            values, _ = det.scorer_.components(det._tensor(rgb[i:i + batch], device))
+            for k, v in values.items():
+                comps.setdefault(k, []).append(v.cpu().numpy())
+    return comps
+
+
+def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     from icsscan import ICSDetector
     from icsscan.scan import load_model, scan_folder
 
@@ -83,34 +95,39 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     n_maps = len(list((work / f"{name}-maps").glob("*.png")))
 
     # ablation: components of the same model, one PyTorch pass
-    comps: dict[str, list] = {}
     loaded = det._read(paths, (cfg.image_size, cfg.image_height), warn=False)
     assert loaded.paths == paths, "an unreadable test image would misalign the labels"
-    x = det._tensor(loaded.images, next(det.scorer_.buffers()).device)
-    with torch.no_grad():
-        for i in range(0, len(x), 8):
-            values, _ = det.scorer_.components(x[i:i + 8])
-            for k, v in values.items():
-                comps.setdefault(k, []).append(v.cpu().numpy())
-    comps = {k: np.concatenate(v) for k, v in comps.items()}
+    comps = {k: np.concatenate(v) for k, v in component_pass(det, loaded.images).items()}
     fusion = det.fusion_
     common = {"set": name, "train_images": det.n_train_, "calibration_images": det.n_calibration_,
               "test_images": len(paths), "input": f"{cfg.image_size}x{cfg.image_height}", "seed": seed}
+    # the label-free alternative to the default's equal weights: each component's weight from how well it tells
+    # the held-out normals from copies with one synthetic local defect (local.label_free_weights)
+    from icsscan.local import label_free_weights, synthetic_defects
+
+    size = (cfg.image_size, cfg.image_height)
+    held = det._read(det.calibration_paths_, size, warn=False).images
+    synthetic = synthetic_defects(held, held[:64], seed)
+    held_c, syn_c = ({k: np.concatenate(v) for k, v in component_pass(det, imgs).items()} for imgs in (held, synthetic))
+    free = label_free_weights(held_c, syn_c)
     ablation = [
         ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",), True),
-        ("ICS on patches alone", ("pics",), True),
+        ("ICS on patches alone (atypical = synthetic-defect patches)", ("pics",), True),
         ("global kNN alone (mean patch embedding)", ("gknn",), True),
         ("fusion without ICS (knn+gknn), equal weights", ("knn", "gknn"), True),
         ("fusion without global (knn+pics), equal weights", ("knn", "pics"), True),
-        ("fusion knn+pics+gknn, equal weights", ("knn", "pics", "gknn"), True),
-        ("fusion knn+pics+gknn, label-free weights (torch)", ("knn", "pics", "gknn"), False),
-        ("fusion without ICS, label-free weights", ("knn", "gknn"), False),
+        ("fusion knn+pics+gknn, equal weights (the default, torch)", ("knn", "pics", "gknn"), True),
     ]
     for label, parts, equal in ablation:
         rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts, equal))})
-    weights = {p: (round(fusion[f"{p}_weight"], 3), round(fusion.get(f"{p}_synthetic_auc", float("nan")), 3))
-               for p in ("knn", "pics", "gknn")}
-    rows[-1]["weights"] = json.dumps(weights)
+    for label, parts in (("fusion knn+pics+gknn, label-free weights (synthetic defects; not the default)",
+                          ("knn", "pics", "gknn")),
+                         ("fusion without ICS, label-free weights", ("knn", "gknn"))):
+        sub = label_free_weights({p: held_c[p] for p in parts}, {p: syn_c[p] for p in parts})
+        weighted = {**fusion, **{f"{p}_weight": w for p, (w, _) in sub.items()}}
+        rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, weighted, parts, False)),
+                     "weights": json.dumps({p: [round(w, 3), round(a, 3)] for p, (w, a) in sub.items()})})
+    weights = {p: (round(fusion[f"{p}_weight"], 3), round(free[p][1], 3)) for p in ("knn", "pics", "gknn")}
     with open(RESULTS / f"industrial_components_{name}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", *comps])
@@ -212,9 +229,9 @@ def main() -> None:
                 rows += global_rows(name, root, args.seed)
             elif args.global_from:
                 with open(args.global_from, newline="", encoding="utf-8") as f:
-                    rows += [{**r, "auc": float(r["auc"]), "method": r["method"] + " [earlier run]"}
+                    rows += [{**r, "auc": float(r["auc"]), "method": r["method"].removesuffix(" [earlier run]") + " [earlier run]"}
                              for r in csv.DictReader(f) if r["set"] == name
-                             and r["method"].startswith(("previous default", "raw pixels"))]
+                             and r["method"].startswith(("previous default", "raw pixels", "ICS on patches, "))]
             write_outputs(rows, args, started)
             print(json.dumps([{k: r[k] for k in ("set", "method", "auc")} for r in rows], indent=1), flush=True)
 

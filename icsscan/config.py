@@ -87,12 +87,17 @@ class ICSConfig:
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 4096          # patches in the memory bank: bounds memory and the scan's kNN cost
     patch_candidates: int = 100_000  # patches sampled from the training images (evenly per image) for bank and split
+    patch_split: str = "synthetic"  # atypical patches for the ICS head: synthetic (the patches a synthetic local
+                                   # defect touched, on copies of training images) | knn (the ρ least typical normal
+                                   # patches by memory-bank distance: the literal split; it learns borders)
     patch_iterations: int = 300    # ICS steps on patches (each: closeness, intra-class, dispersion)
     patch_batch: int = 256
     patch_lr: float = 1e-3
-    local_weights: str = "synthetic"  # synthetic: weigh the components by how well each separates held-out
-                                   # normals from copies with a synthetic local defect (no labels needed); fixed:
-                                   # the score string's weights as given
+    local_weights: str = "fixed"   # fixed: the score string's weights as given (equal by default); synthetic:
+                                   # by how well each separates held-out normals from copies with a synthetic local
+                                   # defect. Not the default: pics is *trained* on such defects, so it scores ~1.0
+                                   # there and took 0.95 of the weight (deeppcb: 0.74 vs 0.84 equal; casting 0.983
+                                   # vs 0.992 equal; industrial.md)
     # whole-object models: the pretrained embedding components (eknn, eics) of a global model
     embed_size: int = 160          # thumbnails are upsampled to this for the ImageNet network (CIFAR one-vs-rest,
                                    # deer/cat/airplane: 112 px 83.8, 160 px 87.4; deer at 224 px 92.5 vs 91.5
@@ -150,6 +155,8 @@ class ICSConfig:
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")
+        if self.patch_split not in ("synthetic", "knn"):
+            raise ValueError(f"patch_split must be synthetic or knn, got {self.patch_split!r}")
         if self.local_weights not in ("synthetic", "fixed"):
             raise ValueError(f"local_weights must be synthetic or fixed, got {self.local_weights!r}")
         if self.global_weights not in ("auto", "synthetic", "fixed"):

@@ -224,3 +224,36 @@ def test_synthetic_defects_change_a_small_region_only():
     changed = (out != images).any(-1).mean(axis=(1, 2))
     assert out.shape == images.shape and out.dtype == np.uint8
     assert np.all(changed > 0) and np.all(changed < 0.05), changed
+
+
+def test_synthetic_defect_masks_are_the_changed_pixels():
+    from icsscan.local import synthetic_defects
+
+    rng = np.random.default_rng(1)
+    images = np.stack([np.stack([part(rng)] * 3, -1) for _ in range(4)])
+    out, masks = synthetic_defects(images, images, seed=3, return_masks=True)
+    assert masks.shape == images.shape[:3] and masks.dtype == bool
+    np.testing.assert_array_equal(masks, (out != images).any(-1))
+    np.testing.assert_array_equal(out, synthetic_defects(images, images, seed=3))  # same defects either way
+
+
+@pytest.mark.parametrize("split", ["synthetic", "knn"])
+def test_ics_on_patches_alone_finds_the_defects(parts, split):
+    """The ICS head on patches by itself (score pics): trained on normal patches vs patches of training images
+    given a synthetic defect (the default split), it ranks the real defective parts above the good ones; the
+    literal split (the ρ least typical normal patches, patch_split knn) still trains and is recorded."""
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+    from icsscan.data import find_images
+
+    det = ICSDetector(config=preset_config("default", seed=0, score="pics", patch_split=split, **SMALL))
+    det.fit(parts["root"] / "good")
+    assert det.local_info_["patch_split"] == split and det.local_info_["n_atypical_patches"] > 0
+    files = find_images(parts["root"] / "test")
+    y = [parts["labels"][f.name] for f in files]
+    auc = roc_auc_score(y, det.score_samples(files))
+    info = det.local_info_
+    if split == "synthetic":
+        assert auc >= 0.9, auc
+    else:  # the ρ = 10 % least typical of the normal patches
+        assert info["n_atypical_patches"] == round(0.1 * info["n_patches"]) and info["atypical_distance_cut"] > 0
