@@ -257,3 +257,38 @@ def test_ics_on_patches_alone_finds_the_defects(parts, split):
         assert auc >= 0.9, auc
     else:  # the ρ = 10 % least typical of the normal patches
         assert info["n_atypical_patches"] == round(0.1 * info["n_patches"]) and info["atypical_distance_cut"] > 0
+
+
+def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_path):
+    """report.html of a local model: every image, heat-map overlays included, loads in a real browser, and the
+    rendered page shows the hot colours of the defects' maps."""
+    from test_html_report import CHROMIUM, chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (make browser, or apt-get install chromium)")
+    report = tmp_path / "report"
+    r = run_cli("scan", parts["root"] / "test", "--model", local_model, "--out", report)
+    assert r.returncode == 0, r.stderr
+    page = report / "report.html"
+    text = page.read_text(encoding="utf-8")
+    overlays = re.findall(r'src="(thumbs/\d{6}_map\.png)"', text)
+    assert overlays and "script-src 'none'" in text
+    probe = ("<script>addEventListener('load', () => { const imgs = [...document.images];"
+             " document.body.dataset.imagesTotal = imgs.length;"
+             " document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+             " document.body.dataset.mapsOk = imgs.filter(i => i.src.endsWith('_map.png') && i.naturalWidth > 0)"
+             ".length; });</script></body>")
+    check = report / "_browser_check.html"
+    check.write_text(text.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", probe),
+                     encoding="utf-8")
+    proc = chromium(["--virtual-time-budget=10000", "--dump-dom", check.as_uri()], tmp_path)
+    found = {k: re.search(rf'data-{k}="(\d+)"', proc.stdout) for k in ("images-total", "images-ok", "maps-ok")}
+    assert all(found.values()), proc.stdout[-1000:] + proc.stderr[-2000:]
+    total, ok, maps_ok = (int(found[k].group(1)) for k in ("images-total", "images-ok", "maps-ok"))
+    assert total == ok > 0 and maps_ok == len(overlays)
+    shot = tmp_path / "shot.png"
+    chromium(["--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()], tmp_path)
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # the test parts are grey: a clearly red pixel can only come from a hot overlay
+    hot = (rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) > 80).sum()
+    assert hot > 50, hot
