@@ -251,7 +251,10 @@ def load_images(
 ) -> LoadedImages:
     """Decode every path; failures are collected (and passed to `on_failure`) instead of stopping the load."""
     paths = [str(p) for p in paths]
-    arrays: list[np.ndarray] = []
+    w, h = wh(size)
+    # one buffer filled in place: a list of arrays stacked at the end held the pixels twice, and thousands of
+    # freed 0.3 MB blocks fragmented the heap (5,000 images of 304 px: 9.1 GB peak RSS for 1.4 GB of pixels)
+    images = np.empty((len(paths), h, w, 3), np.uint8)
     kept: list[str] = []
     failures: list[Failure] = []
     for i, arr, err in decode_many(paths, size, workers):
@@ -261,12 +264,11 @@ def load_images(
             if on_failure:
                 on_failure(failure)
         else:
-            arrays.append(arr)
+            images[len(kept)] = arr
             kept.append(paths[i])
         if progress:
             progress(1)
-    w, h = wh(size)
-    images = np.stack(arrays) if arrays else np.zeros((0, h, w, 3), np.uint8)
+    images = images[:len(kept)] if len(kept) > 0.9 * len(paths) else images[:len(kept)].copy()
     return LoadedImages(images, kept, failures)
 
 

@@ -408,7 +408,7 @@ class ICSDetector:
         from .local import FloatBatches, fit_local
 
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
-        images = FloatBatches(loaded.images[fit_idx], cfg.channels, device)
+        images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
         done = [0]
 
@@ -425,8 +425,7 @@ class ICSDetector:
         info.pop("train_log")
         self.local_info_ = info
         t = time.perf_counter()
-        reference = FloatBatches(loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx], cfg.channels,
-                                 device)
+        reference = FloatBatches(loaded.images, cfg.channels, device, rows=cal_idx if len(cal_idx) else fit_idx)
         synthetic = None
         if cfg.local_weights == "synthetic":  # on the held-out normals (the training images when too few)
             from .local import synthetic_defects

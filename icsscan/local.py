@@ -6,11 +6,13 @@ location of the image at (nearly) its own resolution gets scores, and the image 
   pixels → frozen ImageNet EfficientNet-Lite0 → patch embeddings e(p) (152-d, one per 8×8 pixels) →
     "knn"  squared distance of e(p) to a memory bank of normal patches (greedy k-center coreset; PatchCore-like)
     "pics" the ICS head on patches (METHOD.md §2 carried to patches): an MLP e → z → logit, trained with
-           closeness / intra-class / dispersion on normal patches split into typical and atypical by their
-           distance to the bank (the ρ least typical normal patches are atypical)
+           closeness / intra-class / dispersion on typical normal patches vs atypical ones: the patches a
+           synthetic local defect touched on copies of training images (patch_split "synthetic", the default),
+           or the ρ least typical normal patches by bank distance (patch_split "knn", the literal split)
     "gknn" squared distance of the image's mean patch embedding to the nearest training image (global, image level)
   → image components (mean of the map's 10 highest locations for the local ones) → standardised on held-out normals, signed-log
-    compressed, weighted average → sigmoid, shifted so 0.5 sits at the (1 − ρ) quantile of normal images.
+    compressed, weighted average (equal by default) → sigmoid, shifted so 0.5 sits at the (1 − ρ) quantile of
+    normal images.
 
 The map the model outputs is the same fusion per location over the local components, so a heat map and the
 image score speak the same units.
@@ -163,20 +165,26 @@ def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Gen
     random sample per image keeps every image represented in the candidate pool the bank is drawn from.
     `images[i:j]` gives a float batch (a tensor, or a FloatBatches view over uint8 pixels).
     """
-    pooled, patches, owners = [], [], []
+    # the outputs are preallocated once and filled in place: thousands of small kept tensors interleaved with
+    # each batch's large temporaries pinned the heap (5,000 images of 304 px: +1.6 GB per 1,800 images of RSS
+    # that was never used again)
+    pooled = patches = None
     for i in range(0, len(images), batch):
         e = features(images[i:i + batch])
         n, d, h, w = e.shape
         q = e.permute(0, 2, 3, 1).reshape(n, h * w, d)
-        pooled.append(q.mean(1).cpu())
         k = min(per_image, h * w)
+        if pooled is None:
+            pooled, patches = torch.empty(len(images), d), torch.empty(len(images), k, d)
+        pooled[i:i + n] = q.mean(1).cpu()
         for j in range(n):
             pick = torch.randperm(h * w, generator=gen)[:k].to(q.device)
-            patches.append(q[j, pick].cpu())
-            owners.append(torch.full((k,), i + j, dtype=torch.long))
+            patches[i + j] = q[j, pick].cpu()
+        del e, q
         if tick:
             tick(n)
-    return torch.cat(pooled), torch.cat(patches), torch.cat(owners)
+    owners = torch.arange(len(images)).repeat_interleave(patches.shape[1])
+    return pooled, patches.reshape(-1, patches.shape[-1]), owners
 
 
 @torch.no_grad()
@@ -271,18 +279,24 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
 
 class FloatBatches:
     """uint8 RGB pixels (N, H, W, 3) read as float (N, C, H, W) tensors one slice at a time: training keeps the
-    decoded images in uint8 (a quarter of float32's memory: 5,000 images of 300 px are 1.4 GB, not 5.4 GB)."""
+    decoded images in uint8 (a quarter of float32's memory: 5,000 images of 300 px are 1.4 GB, not 5.4 GB).
+    `rows` selects images of `rgb` without copying them (the fit / calibration split of one decoded array)."""
 
-    def __init__(self, rgb: np.ndarray, channels: int, device: torch.device):
-        self.rgb, self.channels, self.device = rgb, channels, device
+    def __init__(self, rgb: np.ndarray, channels: int, device: torch.device, rows: np.ndarray | None = None):
+        self.all_rgb, self.channels, self.device = rgb, channels, device
+        self.rows = np.arange(len(rgb)) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
-        return len(self.rgb)
+        return len(self.rows)
+
+    def pixels(self, index) -> np.ndarray:
+        """uint8 RGB of the selected images at `index` (a slice or positions), copied."""
+        return self.all_rgb[self.rows[index]]
 
     def __getitem__(self, index: slice) -> torch.Tensor:
         from .data import to_channels
 
-        return torch.from_numpy(to_channels(self.rgb[index], self.channels)).to(self.device)
+        return torch.from_numpy(to_channels(self.pixels(index), self.channels)).to(self.device)
 
 
 def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None) -> tuple[LocalScorer, dict]:
@@ -363,8 +377,8 @@ def synthetic_defect_patches(features: PatchFeatures, images: "FloatBatches", se
     0.73; deeppcb 0.73-0.83 vs 0.59, seed-dependent; benchmarks/results/industrial.md)."""
     rng = np.random.default_rng(seed + 1)
     pick = np.sort(rng.permutation(len(images))[:n_images])
-    defected, masks = synthetic_defects(images.rgb[pick], images.rgb[rng.permutation(len(images))[:64]], seed + 2,
-                                        return_masks=True)
+    defected, masks = synthetic_defects(images.pixels(pick), images.pixels(rng.permutation(len(images))[:64]),
+                                        seed + 2, return_masks=True)
     view = FloatBatches(defected, images.channels, images.device)
     out = []
     for i in range(0, len(view), batch):

@@ -110,6 +110,18 @@ def test_load_images_skips_failures_and_keeps_order(tmp_path):
     assert loaded.paths == [str(p) for p in sorted(good)]
     assert [f.path for f in loaded.failures] == [str(bad)] == [f.path for f in seen]
     assert loaded.images.shape == (3, 8, 8, 3)
+    # the kept images sit in order, each equal to its own decode (the buffer is filled in place, failures skipped)
+    for k, path in enumerate(loaded.paths):
+        np.testing.assert_array_equal(loaded.images[k], data.decode_image(path, 8))
+
+
+def test_load_images_mostly_failures_keeps_only_the_good(tmp_path):
+    good = save(gradient(), tmp_path / "a_good.png")
+    for i in range(5):
+        (tmp_path / f"b_bad{i}.png").write_bytes(b"junk")
+    loaded = data.load_images(sorted(tmp_path.iterdir()), 8, workers=2)
+    assert loaded.paths == [str(good)] and len(loaded.failures) == 5 and loaded.images.shape == (1, 8, 8, 3)
+    np.testing.assert_array_equal(loaded.images[0], data.decode_image(good, 8))
 
 
 def test_channels_grey_detection_and_luma():

@@ -132,6 +132,10 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
     assert cfg["score"] == "knn+pics+gknn" and "local scores" in meta["backbone_choice"]
     assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
+    # ICS on patches learns from synthetic-defect patches; the components are weighed equally (README "Weights")
+    assert cfg["patch_split"] == "synthetic" and meta["local"]["patch_split"] == "synthetic"
+    weights = [meta["fusion"][f"{p}_weight"] for p in ("knn", "pics", "gknn")]
+    assert cfg["local_weights"] == "fixed" and max(weights) - min(weights) < 1e-9, weights
     assert not (local_model / "classifier.pt").exists() and (local_model / "local.pt").is_file()
 
 
