@@ -56,18 +56,12 @@ def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...
     return np.asarray(z)
 
 
-def component_pass(det, rgb: np.ndarray, batch: int = 8) -> dict[str, list]:
-    """The model's per-image components (PyTorch), a batch of decoded images at a time."""
-    import torch
+def component_pass(det, rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's per-image components (PyTorch) over decoded images."""
+    from icsscan.local import FloatBatches, component_values
 
-    comps: dict[str, list] = {}
     device = next(det.scorer_.buffers()).device
-    with torch.no_grad():
-        for i in range(0, len(rgb), batch):
-            values, _ = det.scorer_.components(det._tensor(rgb[i:i + batch], device))
-            for k, v in values.items():
-                comps.setdefault(k, []).append(v.cpu().numpy())
-    return comps
+    return component_values(det.scorer_, FloatBatches(rgb, det.channels_, device))
 
 
 def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
@@ -97,7 +91,7 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     # ablation: components of the same model, one PyTorch pass
     loaded = det._read(paths, (cfg.image_size, cfg.image_height), warn=False)
     assert loaded.paths == paths, "an unreadable test image would misalign the labels"
-    comps = {k: np.concatenate(v) for k, v in component_pass(det, loaded.images).items()}
+    comps = component_pass(det, loaded.images)
     fusion = det.fusion_
     common = {"set": name, "train_images": det.n_train_, "calibration_images": det.n_calibration_,
               "test_images": len(paths), "input": f"{cfg.image_size}x{cfg.image_height}", "seed": seed}
@@ -108,7 +102,7 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     size = (cfg.image_size, cfg.image_height)
     held = det._read(det.calibration_paths_, size, warn=False).images
     synthetic = synthetic_defects(held, held[:64], seed)
-    held_c, syn_c = ({k: np.concatenate(v) for k, v in component_pass(det, imgs).items()} for imgs in (held, synthetic))
+    held_c, syn_c = component_pass(det, held), component_pass(det, synthetic)
     free = label_free_weights(held_c, syn_c)
     ablation = [
         ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",), True),

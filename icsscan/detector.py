@@ -853,19 +853,13 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
     the nearest *other* training image (to itself it would be 0)."""
-    def component_values(images: torch.Tensor, exclude_self: bool) -> dict[str, np.ndarray]:
-        values: dict[str, list] = {}
-        for i in range(0, len(images), batch):
-            got, _ = scorer.components(images[i:i + batch], exclude_self=exclude_self)
-            for part, v in got.items():
-                values.setdefault(part, []).append(v.cpu())
-        return {p: torch.cat(v).double().numpy() for p, v in values.items()}
+    from .local import component_values
 
-    values = component_values(reference, reference_is_training)
+    values = component_values(scorer, reference, reference_is_training, batch)
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
-        weights = weigh_without_labels(values, component_values(synthetic, False), weights, fusion)
+        weights = weigh_without_labels(values, component_values(scorer, synthetic, False, batch), weights, fusion)
     return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
 
 

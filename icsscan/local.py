@@ -133,6 +133,18 @@ class LocalScorer(nn.Module):
         return score, heat
 
 
+@torch.no_grad()
+def component_values(scorer: LocalScorer, images, exclude_self: bool = False, batch: int = 8) -> dict[str, np.ndarray]:
+    """Each image-level component of `scorer` (float64 (N,)) over `images` (a tensor or FloatBatches), a batch at
+    a time (exclude_self: the images are the training images, see LocalScorer.components)."""
+    values: dict[str, list] = {}
+    for i in range(0, len(images), batch):
+        got, _ = scorer.components(images[i:i + batch], exclude_self=exclude_self)
+        for part, v in got.items():
+            values.setdefault(part, []).append(v.cpu())
+    return {p: torch.cat(v).double().numpy() for p, v in values.items()}
+
+
 def nearest_bank_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Squared distance of each row of q (..., P, D) to its nearest bank row, for the maps: the nearest row is
     *found* by one float32 matmul (−2q·b + |b|²; |q|² does not change the ranking) and its distance then
@@ -332,16 +344,16 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     t = time.perf_counter()
     subset = torch.randperm(len(patches), generator=gen)[:SPLIT_PATCHES]
     info: dict = {"patch_split": cfg.patch_split}
-    if cfg.patch_split == "knn":
+    if "pics" not in parts:  # no ICS head to train: nothing to split
+        patches, atypical = patches[subset], torch.zeros(len(subset), dtype=torch.bool)
+    elif cfg.patch_split == "knn":
         patches, atypical, info["atypical_distance_cut"] = split_by_bank_distance(
             patches[subset], owners[subset], bank, owners[chosen], cfg.rho)
-    elif "pics" in parts:
+    else:
         typical = patches[subset]
         defective = synthetic_defect_patches(scorer.features, images, cfg.seed)
         patches = torch.cat([typical, defective])
         atypical = torch.cat([torch.zeros(len(typical), dtype=torch.bool), torch.ones(len(defective), dtype=torch.bool)])
-    else:  # no ICS head to train: nothing to split
-        patches, atypical = patches[subset], torch.zeros(len(subset), dtype=torch.bool)
     log = []
     if "pics" in parts:
         log = train_patch_ics(scorer.head, patches.to(device), atypical.to(device), cfg.patch_iterations,

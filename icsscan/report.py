@@ -16,7 +16,7 @@ from typing import Any
 from . import __version__
 from .files import atomic_write, staged
 from .runinfo import machine, now_iso, versions, write_json_atomic
-from .rowstore import RowTable, rank_order
+from .rowstore import ReadOnlySequence, RowTable, rank_order
 from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
@@ -37,7 +37,7 @@ def neutralise(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-class Ranked:
+class Ranked(ReadOnlySequence):
     """The ranked report table: entries (rank, row, normal_percentile, is_anomaly), highest score first,
     unreadable files last, by path. A sequence built on the fly from the scan's compact rows (an entry per
     file would cost hundreds of bytes each); `n_scored` entries with a score come first."""
@@ -52,23 +52,10 @@ class Ranked:
     def __len__(self) -> int:
         return len(self.order)
 
-    def _entry(self, k: int) -> tuple[int, Row, float | None, bool]:
+    def _item(self, k: int) -> tuple[int, Row, float | None, bool]:
         row = self.rows.row(int(self.order[k]))
         pct = percentile_of([row.score], self.calibration)[0]
         return k + 1, row, pct, row.score is not None and row.score >= self.threshold
-
-    def __getitem__(self, k):
-        if isinstance(k, slice):
-            return [self._entry(i) for i in range(*k.indices(len(self)))]
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError("ranked table index out of range")
-        return self._entry(k)
-
-    def __iter__(self):
-        for k in range(len(self)):
-            yield self._entry(k)
 
 
 def ranked(result: ScanResult) -> Ranked:

@@ -10,7 +10,7 @@ materialising it.
 from __future__ import annotations
 
 from array import array
-from typing import Iterable, Iterator, overload
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -19,7 +19,36 @@ import numpy as np
 _ERRORS = "surrogatepass"
 
 
-class PathList:
+class ReadOnlySequence:
+    """`len`, indexing (negative too), slicing and iteration over a subclass's `_item(i)` for 0 ≤ i < len;
+    a slice is built by `_from_items` (a list unless overridden)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _item(self, i: int):
+        raise NotImplementedError
+
+    def _from_items(self, items: Iterator):
+        return list(items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._from_items(self._item(k) for k in range(*i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{type(self).__name__} index out of range")
+        return self._item(i)
+
+    def __iter__(self) -> Iterator:
+        for i in range(len(self)):
+            yield self._item(i)
+
+
+class PathList(ReadOnlySequence):
     """A list of str kept as one byte buffer plus end offsets."""
 
     __slots__ = ("_blob", "_ends")
@@ -40,27 +69,9 @@ class PathList:
     def __len__(self) -> int:
         return len(self._ends)
 
-    def _get(self, i: int) -> str:
+    def _item(self, i: int) -> str:
         start = self._ends[i - 1] if i else 0
         return self._blob[start:self._ends[i]].decode("utf-8", _ERRORS)
-
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._get(k) for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("PathList index out of range")
-        return self._get(i)
-
-    def __iter__(self) -> Iterator[str]:
-        for i in range(len(self)):
-            yield self._get(i)
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other) if isinstance(other, (list, tuple, PathList)) else NotImplemented
@@ -69,7 +80,7 @@ class PathList:
         return f"PathList({len(self)} paths)"
 
 
-class RowTable:
+class RowTable(ReadOnlySequence):
     """Scan rows (path, score, error, peak_x, peak_y) in typed arrays; a sequence of `scan.Row`."""
 
     __slots__ = ("_paths", "_scores", "_px", "_py", "_errors")
@@ -106,24 +117,16 @@ class RowTable:
         from .scan import Row
 
         s, x, y = self._scores[i], self._px[i], self._py[i]
-        return Row(self._paths._get(i), None if s != s else s, self._errors.get(i, ""),
+        return Row(self._paths._item(i), None if s != s else s, self._errors.get(i, ""),
                    None if x < 0 else x, None if y < 0 else y)
 
+    _item = row
+
+    def _from_items(self, items: Iterator) -> "RowTable":
+        return RowTable(items)
+
     def path(self, i: int) -> str:
-        return self._paths._get(i)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return RowTable(self.row(k) for k in range(*i.indices(len(self))))
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("RowTable index out of range")
-        return self.row(i)
-
-    def __iter__(self) -> Iterator:
-        for i in range(len(self)):
-            yield self.row(i)
+        return self._paths._item(i)
 
     def __repr__(self) -> str:
         return f"RowTable({len(self)} rows)"
