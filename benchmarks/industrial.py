@@ -103,17 +103,24 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     held = det._read(det.calibration_paths_, size, warn=False).images
     synthetic = synthetic_defects(held, held[:64], seed)
     held_c, syn_c = component_pass(det, held), component_pass(det, synthetic)
-    free = label_free_weights(held_c, syn_c)
+    # the default's gate (local.gated_weights): which components it kept; the "without" rows keep the same gate
+    kept = tuple(p for p in ("knn", "pics", "gknn") if fusion[f"{p}_weight"] > 0)
+    gate = {p: [round(fusion[f"{p}_synthetic_auc"], 3), float(f"{fusion[f'{p}_gate_p']:.2g}")]
+            for p in ("knn", "pics", "gknn")}
     ablation = [
         ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",), True),
         ("ICS on patches alone (atypical = synthetic-defect patches)", ("pics",), True),
         ("global kNN alone (mean patch embedding)", ("gknn",), True),
-        ("fusion without ICS (knn+gknn), equal weights", ("knn", "gknn"), True),
+        ("fusion without ICS (knn+gknn), equal weights, same gate", tuple(p for p in ("knn", "gknn") if p in kept), True),
         ("fusion without global (knn+pics), equal weights", ("knn", "pics"), True),
-        ("fusion knn+pics+gknn, equal weights (the default, torch)", ("knn", "pics", "gknn"), True),
+        ("fusion knn+pics+gknn, equal weights, no gate (the previous default)", ("knn", "pics", "gknn"), True),
+        ("fusion knn+pics+gknn, gated equal weights (the default, torch)", ("knn", "pics", "gknn"), False),
     ]
     for label, parts, equal in ablation:
-        rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts, equal))})
+        row = {**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts, equal))}
+        if "gate" in label:
+            row["weights"] = json.dumps({"kept": list(parts if equal else kept), "synthetic_auc_and_p": gate})
+        rows.append(row)
     for label, parts in (("fusion knn+pics+gknn, label-free weights (synthetic defects; not the default)",
                           ("knn", "pics", "gknn")),
                          ("fusion without ICS, label-free weights", ("knn", "gknn"))):
@@ -121,7 +128,7 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
         weighted = {**fusion, **{f"{p}_weight": w for p, (w, _) in sub.items()}}
         rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, weighted, parts, False)),
                      "weights": json.dumps({p: [round(w, 3), round(a, 3)] for p, (w, a) in sub.items()})})
-    weights = {p: (round(fusion[f"{p}_weight"], 3), round(free[p][1], 3)) for p in ("knn", "pics", "gknn")}
+    weights = {p: (round(fusion[f"{p}_weight"], 3), *gate[p]) for p in ("knn", "pics", "gknn")}  # weight, AUC, p
     with open(RESULTS / f"industrial_components_{name}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", *comps])

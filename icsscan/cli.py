@@ -201,7 +201,9 @@ def train(
                                             "160; 112 is ~2x faster to train and scan, a little less accurate).")] = 0,
     weights: Annotated[str, typer.Option(help="How the score's components are weighted: auto (the preset's), "
                                          "synthetic (by how well each tells held-out normals from synthetic "
-                                         "anomalies made from them: no labels needed) or fixed (the --score "
+                                         "anomalies made from them: no labels needed), gated (local models: the "
+                                         "--score string's weights, dropping the global gknn when it cannot tell "
+                                         "them apart better than chance; the local default) or fixed (the --score "
                                          "string's weights as given).")] = "auto",
     seed: Seed = 0,
     device: Device = "auto",
@@ -212,8 +214,8 @@ def train(
     with errors_as_exit_codes():
         from .config import preset_config
 
-        if weights not in ("auto", "synthetic", "fixed"):
-            raise UsageError(f"--weights {weights!r}: choose auto, synthetic or fixed")
+        if weights not in ("auto", "synthetic", "gated", "fixed"):
+            raise UsageError(f"--weights {weights!r}: choose auto, synthetic, gated or fixed")
         check_out_dir(out, "config.json", force)
         claim_out(out, parent=True)
         chosen = None if weights == "auto" else weights
@@ -221,7 +223,8 @@ def train(
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
                             calibration_fraction=calibration_fraction, score=score or None,
                             backbone=None if backbone == "auto" else backbone,  # auto: the preset's
-                            embed_size=embed_size or None, local_weights=chosen, global_weights=chosen)
+                            embed_size=embed_size or None, local_weights=chosen,
+                            global_weights=None if chosen == "gated" else chosen)  # gated: local models only
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv)

@@ -427,7 +427,7 @@ class ICSDetector:
         t = time.perf_counter()
         reference = FloatBatches(loaded.images, cfg.channels, device, rows=cal_idx if len(cal_idx) else fit_idx)
         synthetic = None
-        if cfg.local_weights == "synthetic":  # on the held-out normals (the training images when too few)
+        if cfg.local_weights in ("synthetic", "gated"):  # on the held-out normals (the training images when too few)
             from .local import synthetic_defects
 
             base = loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx]
@@ -848,8 +848,9 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
 
     With `synthetic` (the held-out normals with one synthetic local defect each, local.synthetic_defects) the
-    weights are chosen without labels: each component's share grows with how well it separates the two sets,
-    times its weight in the score string (equal by default).
+    weights are chosen without labels: local_weights "gated" keeps the score string's weights (equal by default)
+    but drops the global gknn when it cannot tell the two sets apart better than chance (local.gated_weights);
+    "synthetic" makes each component's share grow with how well it separates them.
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
     the nearest *other* training image (to itself it would be 0)."""
@@ -858,7 +859,14 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     values = component_values(scorer, reference, reference_is_training, batch)
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
-    if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
+    if synthetic is not None and cfg.local_weights == "gated":  # drop what cannot see small local changes
+        from .local import gated_weights
+
+        gated = gated_weights(values, component_values(scorer, synthetic, False, batch), weights)
+        weights = {p: w for p, (w, _, _) in gated.items()}
+        for p, (_, auc, p_value) in gated.items():
+            fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
+    elif synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
         weights = weigh_without_labels(values, component_values(scorer, synthetic, False, batch), weights, fusion)
     return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
 

@@ -464,3 +464,33 @@ def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.nd
     if total <= 0:
         return {p: (1 / len(out), auc) for p, (_, auc) in out.items()}
     return {p: (w / total, auc) for p, (w, auc) in out.items()}
+
+
+GATE_P_VALUE = 0.01  # a gated component is kept when it beats chance on normals vs synthetic defects at this level
+GATED_COMPONENTS = ("gknn",)  # the image-level ones; a local map component sees local changes by construction
+
+
+def gated_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
+                  gated: tuple[str, ...] = GATED_COMPONENTS) -> dict[str, tuple[float, float, float]]:
+    """Each component's (weight, AUC, p-value) from held-out normals vs their synthetic-defect copies: the fixed
+    weights, with a component of `gated` that cannot tell the two apart better than chance (one-sided
+    Mann-Whitney U, p ≥ GATE_P_VALUE) set to 0; renormalised. If nothing would be left, the fixed weights.
+
+    Why a gate and not weights ∝ that AUC (label_free_weights): pics is trained on the same kind of defects and
+    scores ~0.92-1.0 there, so proportional weights handed it 0.88 of the say (deeppcb 0.787 vs 0.836 equal).
+    The gate asks one question the generator can answer: does the image's mean embedding see small local
+    changes *at all*? On many parts it does not (deeppcb: AUC 0.50), and a component at chance in an
+    equal-weight average costs the fusion 0.01-0.05 AUC. Only image-level components are gated: with few
+    held-out normals (10 → AUC ≥ 0.78 needed) the test would also drop the local ones, which the map needs."""
+    from scipy.stats import mannwhitneyu
+
+    out = {}
+    for part, weight in fixed.items():
+        test = mannwhitneyu(synthetic[part], normal[part], alternative="greater")
+        auc = float(test.statistic) / (len(normal[part]) * len(synthetic[part]))
+        keep = part not in gated or test.pvalue < GATE_P_VALUE
+        out[part] = (weight if keep else 0.0, auc, float(test.pvalue))
+    total = sum(w for w, _, _ in out.values())
+    if total <= 0:
+        return {p: (fixed[p], auc, pv) for p, (_, auc, pv) in out.items()}
+    return {p: (w / total, auc, pv) for p, (w, auc, pv) in out.items()}

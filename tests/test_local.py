@@ -132,10 +132,14 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
     assert cfg["score"] == "knn+pics+gknn" and "local scores" in meta["backbone_choice"]
     assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
-    # ICS on patches learns from synthetic-defect patches; the components are weighed equally (README "Weights")
+    # ICS on patches learns from synthetic-defect patches; the components are weighed equally, except the global
+    # one when it cannot see synthetic local defects better than chance: the gate drops it (README "Weights")
     assert cfg["patch_split"] == "synthetic" and meta["local"]["patch_split"] == "synthetic"
-    weights = [meta["fusion"][f"{p}_weight"] for p in ("knn", "pics", "gknn")]
-    assert cfg["local_weights"] == "fixed" and max(weights) - min(weights) < 1e-9, weights
+    fusion = meta["fusion"]
+    kept = ["knn", "pics"] + (["gknn"] if fusion["gknn_gate_p"] < 0.01 else [])
+    assert cfg["local_weights"] == "gated" and fusion["knn_gate_p"] < 0.01 and fusion["pics_gate_p"] < 0.01, fusion
+    for p in ("knn", "pics", "gknn"):
+        assert abs(fusion[f"{p}_weight"] - (1 / len(kept) if p in kept else 0.0)) < 1e-9, fusion
     assert not (local_model / "classifier.pt").exists() and (local_model / "local.pt").is_file()
 
 
@@ -217,6 +221,28 @@ def test_input_size_keeps_aspect_ratio_within_bounds():
     assert local_input_size((1263, 800)) == (640, 400)       # long side capped at 640, aspect kept
     assert local_input_size((100, 80)) == (224, 176)         # small images brought up to ImageNet scale
     assert local_input_size((640, 480), long_side=320) == (320, 240)
+
+
+def test_gate_drops_a_component_blind_to_synthetic_defects():
+    from icsscan.local import gated_weights
+
+    rng = np.random.default_rng(0)
+    normal = {"knn": rng.normal(0, 1, 60), "pics": rng.normal(0, 1, 60), "gknn": rng.normal(0, 1, 60)}
+    synthetic = {"knn": rng.normal(1.5, 1, 60), "pics": rng.normal(3, 1, 60), "gknn": rng.normal(0, 1, 60)}
+    got = gated_weights(normal, synthetic, {"knn": 1 / 3, "pics": 1 / 3, "gknn": 1 / 3})
+    assert got["gknn"][0] == 0.0 and got["gknn"][2] > 0.01
+    assert abs(got["knn"][0] - 0.5) < 1e-12 and abs(got["pics"][0] - 0.5) < 1e-12
+    assert got["pics"][1] > got["knn"][1] > 0.8  # the AUC, as sklearn would give it
+    y = np.r_[np.zeros(60), np.ones(60)]
+    assert abs(got["knn"][1] - roc_auc_score(y, np.r_[normal["knn"], synthetic["knn"]])) < 1e-12
+    # a global component that does see the defects stays
+    seen = gated_weights(normal, {**synthetic, "gknn": rng.normal(1.0, 1, 60)}, {"knn": 0.5, "gknn": 0.5})
+    assert seen["gknn"][0] == 0.5 and seen["gknn"][2] < 0.01
+    # local map components are never gated, even at chance; nothing left: the weights as given
+    blind = gated_weights(normal, normal, {"knn": 0.25, "pics": 0.75})
+    assert (blind["knn"][0], blind["pics"][0]) == (0.25, 0.75) and blind["knn"][2] > 0.01
+    alone = gated_weights(normal, normal, {"gknn": 1.0})
+    assert alone["gknn"][0] == 1.0
 
 
 def test_synthetic_defects_change_a_small_region_only():
