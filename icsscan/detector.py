@@ -859,15 +859,17 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     values = component_values(scorer, reference, reference_is_training, batch)
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
-    if synthetic is not None and cfg.local_weights == "gated":  # drop what cannot see small local changes
-        from .local import gated_weights
+    if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
+        defected = component_values(scorer, synthetic, False, batch)
+        if cfg.local_weights == "gated":  # drop the global component if it cannot see small local changes
+            from .local import gated_weights
 
-        gated = gated_weights(values, component_values(scorer, synthetic, False, batch), weights)
-        weights = {p: w for p, (w, _, _) in gated.items()}
-        for p, (_, auc, p_value) in gated.items():
-            fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
-    elif synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
-        weights = weigh_without_labels(values, component_values(scorer, synthetic, False, batch), weights, fusion)
+            gated = gated_weights(values, defected, weights)
+            weights = {p: w for p, (w, _, _) in gated.items()}
+            for p, (_, auc, p_value) in gated.items():
+                fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
+        else:
+            weights = weigh_without_labels(values, defected, weights, fusion)
     return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
 
 
