@@ -7,8 +7,10 @@ For each set under DATA_ROOT/industrial/<set>/{train/good,test/good,test/defect}
     once; the bundle (with ONNX) is saved and its size recorded; `scan_folder` (onnxruntime, --maps on) scores
     the test set: the default's AUC from the scanner, and scan images/s with overlays written;
   * the ablation, from one PyTorch pass of the same model over the test set (its per-image components):
-    patch-kNN alone (PatchCore-like: coreset bank, max over the map), ICS on patches alone, global kNN alone,
-    the fusion without the ICS head, and the fusion;
+    patch-kNN alone (PatchCore-like: coreset bank, mean of the map's 10 highest locations), ICS on patches
+    alone, global kNN alone, the fusion without the ICS head, without the global part, and the fusion (the
+    default's aggregate: top-k of the fused map; its weights refitted per row), and the previous aggregate (each
+    map's own top-k, then fused);
   * the previous default (global, `--backbone small`, 64 px) and raw-pixel baselines (64 px grey pixels:
     scikit-learn OneClassSVM and IsolationForest).
 Writes benchmarks/results/industrial.csv (one row per set × method) and industrial.md (table, machine, config).
@@ -56,12 +58,39 @@ def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...
     return np.asarray(z)
 
 
-def component_pass(det, rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """The model's per-image components (PyTorch) over decoded images."""
+def component_pass(det, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """The model's per-image components (PyTorch) over decoded images, and its local maps."""
     from icsscan.local import FloatBatches, component_values
 
     device = next(det.scorer_.buffers()).device
-    return component_values(det.scorer_, FloatBatches(rgb, det.channels_, device))
+    return component_values(det.scorer_, FloatBatches(rgb, det.channels_, device), keep_maps=True)
+
+
+def fused_map_score(det, test: tuple[dict, dict], held: tuple[dict, dict], weights: dict[str, float]) -> np.ndarray:
+    """The default's score (aggregate "fused": the top-k of the local components' fused map, plus the
+    image-level gknn; LocalScorer.fused_logit) with `weights` in place of the model's, the fused map's centre
+    and spread refitted on the held-out normals for those weights: ranks like a model trained with them."""
+    from icsscan.detector import robust_center_scale
+    from icsscan.local import MAP_COMPONENTS, fused_local_values
+
+    scorer, fusion = det.scorer_, det.fusion_
+    saved = {p: float(getattr(scorer, f"{p}_weight")) for p in weights}
+    slog = lambda v: np.sign(v) * np.log1p(np.abs(v))  # noqa: E731
+    try:
+        for p, w in weights.items():
+            getattr(scorer, f"{p}_weight").fill_(w)
+        local = [p for p in MAP_COMPONENTS if weights.get(p, 0) > 0]
+        z = 0.0
+        if local:
+            center, scale = robust_center_scale(fused_local_values(scorer, {p: held[1][p] for p in MAP_COMPONENTS}))
+            value = fused_local_values(scorer, {p: test[1][p] for p in MAP_COMPONENTS})
+            z = sum(weights[p] for p in local) * slog((value - center) / scale)
+        for p in (p for p in weights if p not in MAP_COMPONENTS and weights[p] > 0):
+            z = z + weights[p] * slog((test[0][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])
+        return np.asarray(z)
+    finally:
+        for p, w in saved.items():
+            getattr(scorer, f"{p}_weight").fill_(w)
 
 
 def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
@@ -91,7 +120,7 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     # ablation: components of the same model, one PyTorch pass
     loaded = det._read(paths, (cfg.image_size, cfg.image_height), warn=False)
     assert loaded.paths == paths, "an unreadable test image would misalign the labels"
-    comps = component_pass(det, loaded.images)
+    comps, maps = component_pass(det, loaded.images)
     fusion = det.fusion_
     common = {"set": name, "train_images": det.n_train_, "calibration_images": det.n_calibration_,
               "test_images": len(paths), "input": f"{cfg.image_size}x{cfg.image_height}", "seed": seed}
@@ -102,31 +131,41 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
     size = (cfg.image_size, cfg.image_height)
     held = det._read(det.calibration_paths_, size, warn=False).images
     synthetic = synthetic_defects(held, held[:64], seed)
-    held_c, syn_c = component_pass(det, held), component_pass(det, synthetic)
+    held_pass, syn_c = component_pass(det, held), component_pass(det, synthetic)[0]
+    held_c = held_pass[0]
     # the default's gate (local.gated_weights): which components it kept; the "without" rows keep the same gate
     kept = tuple(p for p in ("knn", "pics", "gknn") if fusion[f"{p}_weight"] > 0)
     gate = {p: [round(fusion[f"{p}_synthetic_auc"], 3), float(f"{fusion[f'{p}_gate_p']:.2g}")]
             for p in ("knn", "pics", "gknn")}
-    ablation = [
-        ("patch-kNN alone (coreset bank; PatchCore-like)", ("knn",), True),
-        ("ICS on patches alone (atypical = synthetic-defect patches)", ("pics",), True),
-        ("global kNN alone (mean patch embedding)", ("gknn",), True),
-        ("fusion without ICS (knn+gknn), equal weights, same gate", tuple(p for p in ("knn", "gknn") if p in kept), True),
-        ("fusion without global (knn+pics), equal weights", ("knn", "pics"), True),
-        ("fusion knn+pics+gknn, equal weights, no gate (the previous default)", ("knn", "pics", "gknn"), True),
-        ("fusion knn+pics+gknn, gated equal weights (the default, torch)", ("knn", "pics", "gknn"), False),
+    gknn_kept = 1.0 if "gknn" in kept else 0.0
+    per_image = [  # each component's own image value (the top-k of its map)
+        ("patch-kNN alone (coreset bank; PatchCore-like)", "knn"),
+        ("ICS on patches alone (atypical = synthetic-defect patches)", "pics"),
+        ("global kNN alone (mean patch embedding)", "gknn"),
     ]
-    for label, parts, equal in ablation:
-        row = {**common, "method": label, "auc": roc_auc_score(y, fused(comps, fusion, parts, equal))}
+    for label, part in per_image:
+        rows.append({**common, "method": label, "auc": roc_auc_score(y, comps[part])})
+    fused_map = [  # the default's aggregate: top-k of the fused map (knn, pics) + gknn; equal weights
+        ("fusion without ICS (knn+gknn), equal weights, same gate", {"knn": 1.0, "pics": 0.0, "gknn": gknn_kept}),
+        ("fusion without global (knn+pics), equal weights", {"knn": 1.0, "pics": 1.0, "gknn": 0.0}),
+        ("fusion knn+pics+gknn, equal weights, no gate", {"knn": 1.0, "pics": 1.0, "gknn": 1.0}),
+        ("fusion knn+pics+gknn, gated equal weights (the default, torch)", {"knn": 1.0, "pics": 1.0, "gknn": gknn_kept}),
+    ]
+    for label, weights in fused_map:
+        row = {**common, "method": label, "auc": roc_auc_score(y, fused_map_score(det, (comps, maps), held_pass, weights))}
         if "gate" in label:
-            row["weights"] = json.dumps({"kept": list(parts if equal else kept), "synthetic_auc_and_p": gate})
+            row["weights"] = json.dumps({"kept": [p for p, w in weights.items() if w > 0], "synthetic_auc_and_p": gate})
         rows.append(row)
+    # the aggregate before this one: each map's own top-k, then fused (local_aggregate "separate")
+    rows.append({**common, "method": "previous aggregate: top-k of each map, then fused (gated equal weights)",
+                 "auc": roc_auc_score(y, fused(comps, fusion, ("knn", "pics", "gknn"), False))})
     for label, parts in (("fusion knn+pics+gknn, label-free weights (synthetic defects; not the default)",
                           ("knn", "pics", "gknn")),
                          ("fusion without ICS, label-free weights", ("knn", "gknn"))):
         sub = label_free_weights({p: held_c[p] for p in parts}, {p: syn_c[p] for p in parts})
-        weighted = {**fusion, **{f"{p}_weight": w for p, (w, _) in sub.items()}}
-        rows.append({**common, "method": label, "auc": roc_auc_score(y, fused(comps, weighted, parts, False)),
+        weights = {"knn": 0.0, "pics": 0.0, "gknn": 0.0, **{p: w for p, (w, _) in sub.items()}}
+        rows.append({**common, "method": label,
+                     "auc": roc_auc_score(y, fused_map_score(det, (comps, maps), held_pass, weights)),
                      "weights": json.dumps({p: [round(w, 3), round(a, 3)] for p, (w, a) in sub.items()})})
     weights = {p: (round(fusion[f"{p}_weight"], 3), *gate[p]) for p in ("knn", "pics", "gknn")}  # weight, AUC, p
     with open(RESULTS / f"industrial_components_{name}.csv", "w", newline="", encoding="utf-8") as f:
@@ -196,8 +235,11 @@ def write_outputs(rows: list[dict], args, started: str) -> None:
 
 NOTES = """
 Notes: AUC from the labels of `test/good` (0) and `test/defect` (1). The ablation rows re-use the one trained
-default model: each ranks the test images by that model's fusion restricted to the named components (same
-centres, spreads and weights, fitted on held-out normal training images only). "icsscan default (scan via
+default model: the "alone" rows rank the test images by one component's image value (the mean of its map's 10
+highest locations); the "fusion" rows by the default's score with the named components' weights (the top-k of
+the fused knn/pics map, its centre and spread refitted on the held-out normals for those weights, plus gknn;
+fitted on held-out normal training images only); "previous aggregate" by each map's own top-k, then fused
+(the aggregate before this one, with the model's centres and weights). "icsscan default (scan via
 ONNX)" is what `icsscan train DIR` + `icsscan scan` give: the exported graph run by onnxruntime, with an overlay PNG
 written for every flagged image. Peak RSS is the benchmark process's high-water mark after training.
 """

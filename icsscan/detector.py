@@ -652,7 +652,7 @@ class ICSDetector:
             raise ModelError(f"{directory}: incomplete model bundle, missing config.json")
         try:
             meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-            cfg = ICSConfig.from_dict(meta["config"])
+            cfg = ICSConfig.from_dict({"local_aggregate": "separate", **meta["config"]})  # older bundles: separate
             cfg.validate()
             if cfg.image_size < 8 or cfg.channels not in (1, 3) or cfg.backbone == "auto":
                 raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} / backbone {cfg.backbone} "
@@ -711,9 +711,12 @@ class ICSDetector:
         cfg = self.config_
         fusion = meta.get("fusion") or {}
         scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
-                             score_parts(cfg.score), fusion, pretrained=False)
+                             score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate)
         try:
-            scorer.load_state_dict(load_state(directory / "local.pt"))
+            state = load_state(directory / "local.pt")
+            if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
+                state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}
+            scorer.load_state_dict(state)
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())[:200]
             raise ModelError(f"{directory / 'local.pt'}: weights do not match config.json ({reason})") from None
@@ -856,7 +859,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     the nearest *other* training image (to itself it would be 0)."""
     from .local import component_values
 
-    values = component_values(scorer, reference, reference_is_training, batch)
+    values, maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
     weights = score_weights(cfg.score)
     fusion: dict[str, float] = {}
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
@@ -870,7 +873,30 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
                 fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
         else:
             weights = weigh_without_labels(values, defected, weights, fusion)
-    return {**fusion, **standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho)}
+    fusion.update(standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho))
+    if scorer.aggregate == "fused" and maps:
+        fusion.update(calibrate_fused_local(scorer, values, maps, fusion, cfg.rho))
+    return fusion
+
+
+def calibrate_fused_local(scorer, values: dict[str, np.ndarray], maps: dict[str, torch.Tensor], fusion: dict,
+                          rho: float) -> dict[str, float]:
+    """For aggregate "fused": the centre and spread of the fused map's top-k on the reference normals, and the
+    offset of the score it enters (LocalScorer.fused_logit), given the components' centres, spreads, weights."""
+    from .local import fused_local_values
+
+    buffers = dict(scorer.named_buffers())
+    for key, value in fusion.items():  # the heat map standardises each component with these
+        if key in buffers:
+            buffers[key].fill_(value)
+    local = fused_local_values(scorer, maps)
+    center, scale = robust_center_scale(local)
+    total = sum(fusion[f"{p}_weight"] for p in maps)
+    z = total * signed_log1p(torch.from_numpy((local - center) / scale)).numpy()
+    for part in (p for p in scorer.parts if p not in maps):
+        v = (values[part] - fusion[f"{part}_center"]) / fusion[f"{part}_scale"]
+        z = z + fusion[f"{part}_weight"] * signed_log1p(torch.from_numpy(v)).numpy()
+    return {"local_center": center, "local_scale": scale, "offset": float(np.quantile(z, 1 - rho))}
 
 
 def read_given_split(path: Path, cfg: ICSConfig, device: torch.device):

@@ -141,6 +141,44 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     for p in ("knn", "pics", "gknn"):
         assert abs(fusion[f"{p}_weight"] - (1 / len(kept) if p in kept else 0.0)) < 1e-9, fusion
     assert not (local_model / "classifier.pt").exists() and (local_model / "local.pt").is_file()
+    # the image score reads the top-k of the fused map (knn and pics agreeing on where), calibrated on its own
+    assert cfg["local_aggregate"] == "fused" and fusion["local_scale"] > 0, fusion
+
+
+def test_fused_calibration_puts_half_at_the_normal_quantile(parts):
+    """The offset fitted in numpy (detector.calibrate_fused_local) is the one the model's forward needs: on the
+    held-out normals (10 of the 40 here), the (1 − ρ) quantile of the model's own scores sits at 0.5 (logit 0)."""
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    det = ICSDetector(config=preset_config("default", seed=0, calibration_fraction=0.25, **SMALL))
+    det.fit(parts["root"] / "good")
+    scores = np.clip(det.calibration_scores_, 1e-12, 1 - 1e-12)
+    assert len(scores) == 10 and det.config_.local_aggregate == "fused"
+    logit = np.log(scores) - np.log1p(-scores)
+    assert abs(np.quantile(logit, 1 - det.config_.rho)) < 1e-4
+
+
+def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
+    """A bundle trained with the earlier aggregate (each map's own top-k) and saved without the new keys loads
+    as "separate" and scores as it did."""
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+    from icsscan.data import find_images
+
+    det = ICSDetector(config=preset_config("default", seed=1, local_aggregate="separate", **SMALL))
+    det.fit(parts["root"] / "good")
+    out = det.save(tmp_path / "old")
+    files = find_images(parts["root"] / "test")[:6]
+    want = det.score_samples(files)
+    meta = json.loads((out / "config.json").read_text())
+    del meta["config"]["local_aggregate"]
+    (out / "config.json").write_text(json.dumps(meta))
+    state = torch.load(out / "local.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("local_center", "local_scale")}, out / "local.pt")
+    old = ICSDetector.load(out, device="cpu")
+    assert old.config_.local_aggregate == "separate"
+    np.testing.assert_allclose(old.score_samples(files), want, atol=1e-6)
 
 
 def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
