@@ -48,13 +48,13 @@ def test_files(root: Path) -> tuple[list[str], np.ndarray]:
     return [str(p) for p in good + bad], np.r_[np.zeros(len(good)), np.ones(len(bad))]
 
 
-def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...], equal: bool = True) -> np.ndarray:
-    """The model's fusion (same centres and spreads) restricted to `parts`, with equal weights (the fixed
-    alternative) or the model's label-free weights: ranks like the model's score."""
+def fused(components: dict[str, np.ndarray], fusion: dict, parts: tuple[str, ...]) -> np.ndarray:
+    """The previous aggregate (each map's own top-k, then fused) with the model's centres, spreads and weights,
+    restricted to `parts`: ranks like a model trained with local_aggregate "separate"."""
     z = 0.0
     for p in parts:
         v = (components[p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]
-        z = z + (1.0 if equal else fusion[f"{p}_weight"]) * np.sign(v) * np.log1p(np.abs(v))
+        z = z + fusion[f"{p}_weight"] * np.sign(v) * np.log1p(np.abs(v))
     return np.asarray(z)
 
 
@@ -67,30 +67,25 @@ def component_pass(det, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def fused_map_score(det, test: tuple[dict, dict], held: tuple[dict, dict], weights: dict[str, float]) -> np.ndarray:
-    """The default's score (aggregate "fused": the top-k of the local components' fused map, plus the
-    image-level gknn; LocalScorer.fused_logit) with `weights` in place of the model's, the fused map's centre
-    and spread refitted on the held-out normals for those weights: ranks like a model trained with them."""
-    from icsscan.detector import robust_center_scale
-    from icsscan.local import MAP_COMPONENTS, fused_local_values
+    """The default's score (LocalScorer.fused_logit: the top-k of the fused knn/pics map plus gknn) with `weights`
+    in place of the model's, the fused map's centre and spread refitted on the held-out normals for those weights
+    (detector.calibrate_fused_local): ranks like a model trained with them. The model is left as it was."""
+    import torch
 
-    scorer, fusion = det.scorer_, det.fusion_
-    saved = {p: float(getattr(scorer, f"{p}_weight")) for p in weights}
-    slog = lambda v: np.sign(v) * np.log1p(np.abs(v))  # noqa: E731
+    from icsscan.detector import calibrate_fused_local
+
+    scorer = det.scorer_
+    saved = {k: v.clone() for k, v in scorer.state_dict().items() if v.ndim == 0}
     try:
-        for p, w in weights.items():
-            getattr(scorer, f"{p}_weight").fill_(w)
-        local = [p for p in MAP_COMPONENTS if weights.get(p, 0) > 0]
-        z = 0.0
-        if local:
-            center, scale = robust_center_scale(fused_local_values(scorer, {p: held[1][p] for p in MAP_COMPONENTS}))
-            value = fused_local_values(scorer, {p: test[1][p] for p in MAP_COMPONENTS})
-            z = sum(weights[p] for p in local) * slog((value - center) / scale)
-        for p in (p for p in weights if p not in MAP_COMPONENTS and weights[p] > 0):
-            z = z + weights[p] * slog((test[0][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])
-        return np.asarray(z)
+        fusion = {**det.fusion_, **{f"{p}_weight": w for p, w in weights.items()}}
+        refit = calibrate_fused_local(scorer, held[0], held[1], fusion, det.config_.rho)
+        scorer.local_center.fill_(refit["local_center"])
+        scorer.local_scale.fill_(refit["local_scale"])
+        with torch.no_grad():
+            values = {p: torch.from_numpy(v).float() for p, v in test[0].items()}
+            return scorer.fused_logit(values, scorer.heat(test[1])).double().numpy()
     finally:
-        for p, w in saved.items():
-            getattr(scorer, f"{p}_weight").fill_(w)
+        scorer.load_state_dict(saved, strict=False)
 
 
 def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
@@ -158,7 +153,7 @@ def local_rows(name: str, root: Path, work: Path, seed: int) -> list[dict]:
         rows.append(row)
     # the aggregate before this one: each map's own top-k, then fused (local_aggregate "separate")
     rows.append({**common, "method": "previous aggregate: top-k of each map, then fused (gated equal weights)",
-                 "auc": roc_auc_score(y, fused(comps, fusion, ("knn", "pics", "gknn"), False))})
+                 "auc": roc_auc_score(y, fused(comps, fusion, ("knn", "pics", "gknn")))})
     for label, parts in (("fusion knn+pics+gknn, label-free weights (synthetic defects; not the default)",
                           ("knn", "pics", "gknn")),
                          ("fusion without ICS, label-free weights", ("knn", "gknn"))):
