@@ -91,7 +91,7 @@ class ICSConfig:
                                    # defect touched, on copies of training images) | knn (the ρ least typical normal
                                    # patches by memory-bank distance: the literal split; it learns borders)
     patch_iterations: int = 1000   # ICS steps on patches (each: closeness, intra-class, dispersion). 300 left the head
-                                   # seed-dependent and under-trained on deeppcb (same data, three head seeds, fused
+                                   # under-trained on deeppcb (same data, same three head seeds, fused
                                    # knn+pics: 0.896 / 0.891 / 0.901 at 300, 0.911 / 0.927 / 0.921 at 1000); casting
                                    # 0.986 / 0.984 → 0.982 / 0.983 (industrial.md)
     patch_batch: int = 256
