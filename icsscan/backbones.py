@@ -9,6 +9,7 @@ with every shape checked (tests/test_backbones.py proves the outputs equal the u
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,8 +99,73 @@ class PatchFeatures(nn.Module):
         self.stride = STAGE_STRIDES[FEATURE_STAGES[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        runtime = self.__dict__.get("_runtime")  # set only inside onnx_runtime() (fitting), never while exporting
+        if runtime is not None and x.device.type == "cpu" and tuple(x.shape[1:]) == runtime[0]:
+            return torch.from_numpy(runtime[1](x.numpy()))
+        return self.embed(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         maps = self.net(x * 2.0 - 1.0)
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         return F.avg_pool2d(torch.cat(maps, 1), 3, stride=1, padding=1, count_include_pad=False)
+
+
+@contextmanager
+def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
+    """Within this block, `features` on CPU inputs shaped like `example` runs in onnxruntime, not PyTorch eager.
+
+    Why: fitting a local model pushes every training image (and the synthetic-defect copies and held-out
+    normals) through the frozen backbone once; onnxruntime runs this network ~3x faster than eager PyTorch on
+    the CPU (304 px, batch 8, 2 threads: 45 vs 15 images/s). The graph is traced for the example's size (the
+    TF "same" padding is fixed per size), so other sizes, GPU tensors and any export failure fall back to
+    PyTorch; a graph that disagrees with PyTorch on the example is never used."""
+    runner = None
+    if example.device.type == "cpu":
+        runner = _onnx_runner(features, example[:1].cpu())
+    if runner is not None:
+        features.__dict__["_runtime"] = (tuple(example.shape[1:]), runner)
+    try:
+        yield runner is not None
+    finally:
+        features.__dict__.pop("_runtime", None)
+
+
+def _onnx_runner(features: PatchFeatures, example: torch.Tensor):
+    import io
+    import warnings
+
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter about the padding's python arithmetic on shapes
+            torch.onnx.export(_Embed(features).eval(), (example,), buffer, dynamo=False, input_names=["x"],
+                              output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
+        session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            want = features.embed(example).numpy()
+        got = session.run(None, {"x": example.numpy()})[0]
+        # float32 features of size ~1-10: 1e-5 of difference is rounding, anything near 1e-3 a wrong graph
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-4, rtol=1e-4):
+            return None
+    except Exception:  # noqa: BLE001 - any failure: PyTorch computes the features instead
+        return None
+    return lambda x: session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class _Embed(nn.Module):
+    """PatchFeatures.embed as a module's forward, for tracing the PyTorch path (never the runtime one)."""
+
+    def __init__(self, features: PatchFeatures):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features.embed(x)

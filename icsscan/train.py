@@ -39,7 +39,7 @@ def rotation_loss(clf: ICSClassifier, x: torch.Tensor) -> torch.Tensor:
 
 def pair_logits(head: DistanceHead, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     """dist logits for every pair (a_i, b_j) with i ≠ j, flattened."""
-    logits = head(z_a[:, None, :], z_b[None, :, :])  # (B, B)
+    logits = head.pairwise(z_a, z_b) if hasattr(head, "pairwise") else head(z_a[:, None, :], z_b[None, :, :])  # (B, B)
     off_diagonal = ~torch.eye(len(z_a), len(z_b), dtype=torch.bool, device=logits.device)
     return logits[off_diagonal]
 

@@ -157,6 +157,10 @@ def test_fused_calibration_puts_half_at_the_normal_quantile(parts):
     assert len(scores) == 10 and det.config_.local_aggregate == "fused"
     logit = np.log(scores) - np.log1p(-scores)
     assert abs(np.quantile(logit, 1 - det.config_.rho)) < 1e-4
+    # those scores (from the components computed while calibrating) are the model's own on the held-out images
+    held_out = [p for p in sorted((parts["root"] / "good").iterdir()) if str(p) in set(det.calibration_paths_)]
+    # (to 1e-4: calibration ran the backbone in onnxruntime, score_samples in PyTorch)
+    np.testing.assert_allclose(np.sort(det.score_samples(held_out)), det.calibration_scores_, atol=1e-4)
 
 
 def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
@@ -303,6 +307,44 @@ def test_synthetic_defect_masks_are_the_changed_pixels():
     assert masks.shape == images.shape[:3] and masks.dtype == bool
     np.testing.assert_array_equal(masks, (out != images).any(-1))
     np.testing.assert_array_equal(out, synthetic_defects(images, images, seed=3))  # same defects either way
+
+
+def test_pairwise_distance_head_equals_its_per_pair_form():
+    """SymmetricDistanceHead.pairwise (two L1 cdists) gives the same logits and gradients as forward on every
+    pair (the (A, B, D) tensor of |z_i − z_j|), including weights of both signs."""
+    from icsscan.local import SymmetricDistanceHead
+
+    torch.manual_seed(0)
+    head = SymmetricDistanceHead(16)
+    assert (head.dense.weight > 0).any() and (head.dense.weight < 0).any()
+    a, b = torch.randn(9, 16, requires_grad=True), torch.randn(7, 16, requires_grad=True)
+    g = torch.randn(9, 7)
+    params = [a, b, head.dense.weight, head.dense.bias]
+    want = head(a[:, None, :], b[None, :, :])
+    got = head.pairwise(a, b)
+    assert got.shape == (9, 7)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g_got, g_want in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
+        torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-5)
+
+
+def test_fitting_runs_the_backbone_in_onnxruntime_with_pytorch_features():
+    """Inside onnx_runtime() the frozen backbone runs in onnxruntime for inputs of the traced shape and gives
+    PyTorch's features (to 1e-4); other shapes, and everything after the block, run in PyTorch."""
+    from icsscan.backbones import PatchFeatures, onnx_runtime
+
+    features = PatchFeatures().eval()
+    x = torch.rand(3, 1, 72, 88)
+    with torch.no_grad():
+        want = features(x)
+        with onnx_runtime(features, x[:1]) as active:
+            assert active and "_runtime" in features.__dict__
+            got = features(x)
+            other = features(torch.rand(2, 1, 64, 64))  # another size: PyTorch
+        assert "_runtime" not in features.__dict__
+    assert other.shape == (2, 152, 8, 8)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(got, want)  # it really was the other runtime (float rounding differs)
 
 
 @pytest.mark.parametrize("split", ["synthetic", "knn"])
