@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .backbones import PatchFeatures, onnx_runtime
 from .models import signed_log1p
@@ -310,9 +311,13 @@ def leave_own_image_out_distance(patches: torch.Tensor, owners: torch.Tensor, ba
 
 def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.Tensor, iterations: int,
                     batch: int, lr: float, seed: int, on_log: Callable[[dict], None] | None = None,
-                    log_every: int = 50, pair_losses: bool = True, symmetric: bool = True) -> list[dict]:
+                    log_every: int = 50, pair_losses: bool = True, symmetric: bool = True, ema: float = 0.0) -> list[dict]:
     """The ICS loop of train.py on patch embeddings: closeness (typical pairs), intra-class BCE (typical = 0,
     atypical = 1, balanced batch), dispersion (atypical pairs), one optimizer step each, in the paper's order.
+
+    ema > 0: the head is left with the exponential moving average of its weights over the steps (decay `ema` per
+    step; torch.optim.swa_utils), not the last step's: the steps' noise, which decided much of what the head
+    flags on unseen parts, averages out.
 
     Ablations (benchmarks): pair_losses=False trains the intra-class BCE alone (the paper's NNwICS);
     symmetric=False uses the paper's antisymmetric distance head σ(w·(z_i − z_j) + b)."""
@@ -343,6 +348,7 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
         opt.step()
         return loss.item()
 
+    average = AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(ema)) if ema else None
     log: list[dict] = []
     head.train()
     for it in range(1, iterations + 1):
@@ -357,10 +363,14 @@ def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.T
         if pair_losses:
             z_a, z_b = head.embed(sample(atypical_idx, batch)), head.embed(sample(atypical_idx, batch))
             row["dispersion"] = step(dispersion_loss(pair_logits(dist, z_a, z_b)))
+        if average is not None:
+            average.update_parameters(head)
         if it % log_every == 0 or it in (1, iterations):
             log.append(row)
             if on_log:
                 on_log(row)
+    if average is not None:
+        head.load_state_dict(average.module.state_dict())
     return log
 
 
@@ -435,7 +445,7 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     log = []
     if "pics" in parts:
         log = train_patch_ics(scorer.head, patches.to(device), atypical.to(device), cfg.patch_iterations,
-                              cfg.patch_batch, cfg.patch_lr, cfg.seed,
+                              cfg.patch_batch, cfg.patch_lr, cfg.seed, ema=cfg.patch_ema,
                               on_log=(lambda row: tick("train", row["iteration"], row)) if tick else None)
     scorer.eval()
     timings["train_s"] = time.perf_counter() - t

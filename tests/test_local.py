@@ -328,6 +328,26 @@ def test_pairwise_distance_head_equals_its_per_pair_form():
         torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-5)
 
 
+def test_patch_head_keeps_the_moving_average_of_its_weights():
+    """train_patch_ics(ema=d) leaves the head with the exponential moving average of the weights after each step
+    (the first step's weights, then avg ← d·avg + (1 − d)·w), not the last step's."""
+    from icsscan.local import PatchICSHead, train_patch_ics
+
+    torch.manual_seed(0)
+    patches = torch.randn(400, 12)
+    atypical = torch.arange(400) >= 300
+    head = PatchICSHead(12, hidden=8, latent=4)
+    seen = []
+    train_patch_ics(head, patches, atypical, iterations=5, batch=16, lr=1e-2, seed=0, log_every=1, ema=0.6,
+                    on_log=lambda row: seen.append([p.detach().clone() for p in head.parameters()]))
+    expected = seen[0]
+    for weights in seen[1:]:
+        expected = [0.6 * a + 0.4 * w for a, w in zip(expected, weights)]
+    for got, want in zip(head.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert any(not torch.allclose(g, l) for g, l in zip(head.parameters(), seen[-1]))
+
+
 def test_fitting_runs_the_backbone_in_onnxruntime_with_pytorch_features():
     """Inside onnx_runtime() the frozen backbone runs in onnxruntime for inputs of the traced shape and gives
     PyTorch's features (to 1e-4); other shapes, and everything after the block, run in PyTorch."""
