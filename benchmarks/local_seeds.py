@@ -110,25 +110,26 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # as ICSDetector._load_for_fit, before the scorer (and its head) is built
     parts = score_parts(cfg.score)
-    scorer = L.LocalScorer(cfg.channels, 1, len(fit_idx), parts, aggregate=cfg.local_aggregate, pretrained=False).eval()
+    scorer = L.LocalScorer(cfg.channels, 1, len(fit_idx), parts, aggregate=cfg.local_aggregate, pretrained=False,
+                           heads=cfg.patch_heads).eval()
+    members = L.head_members(scorer.head)
+    member_seeds = [seed + 1000 * k for k in range(len(members))]  # as local.fit_local
     scorer.features = Lookup(s.train)
     per_image = max(16, math.ceil(cfg.patch_candidates / len(fit_idx)))
-    pooled, patches, _ = L.embed_images(scorer.features, rows(fit_idx), per_image, gen)
+    pooled, patches, owners = L.embed_images(scorer.features, rows(fit_idx), per_image, gen)
     chosen = L.greedy_coreset(patches, cfg.bank_size, gen) if cfg.bank == "coreset" else \
         torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
     bank = patches[chosen]
     scorer.bank_mean, scorer.bank = bank.mean(0), bank - bank.mean(0)
     scorer.train_mean, scorer.train_embeddings = pooled.mean(0), pooled - pooled.mean(0)
-    subset = torch.randperm(len(patches), generator=gen)[:L.SPLIT_PATCHES]
-    synth_file = s.dir / f"synthetic_{seed}.pt"  # depends on the seed only (the defected copies' features)
-    if not synth_file.exists():
-        torch.save(L.synthetic_defect_patches(s.features, fit_images, seed), synth_file)
-    defective = torch.load(synth_file, weights_only=True)
-    typical = patches[subset]
-    atypical = torch.cat([torch.zeros(len(typical), dtype=torch.bool), torch.ones(len(defective), dtype=torch.bool)])
+    defective = []
+    for member_seed in member_seeds:  # the defected copies' features depend on the seed only: cached
+        synth_file = s.dir / (f"synthetic_{seed}.pt" if member_seed == seed else f"synthetic_{member_seed}_for_{seed}.pt")
+        if not synth_file.exists():
+            torch.save(L.synthetic_defect_patches(s.features, fit_images, member_seed), synth_file)
+        defective.append(torch.load(synth_file, weights_only=True))
     t = time.perf_counter()
-    L.train_patch_ics(scorer.head, torch.cat([typical, defective]), atypical, cfg.patch_iterations, cfg.patch_batch,
-                      cfg.patch_lr, seed, ema=cfg.patch_ema)
+    L.train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, True, {})
     head_s = time.perf_counter() - t
     scorer.eval()
 
@@ -180,7 +181,8 @@ def write_markdown(command: str, started: str) -> None:
              "The product's fit replayed on cached backbone features, per seed (split, bank, synthetic defects, head "
              "initialisation all follow the seed, as `icsscan train --seed`). `default` is the default's image score; "
              "`knn_pics` the fused local map alone; `pics` and `knn` each component alone. Variants are config "
-             "overrides; `patch_ema=0` is the head without weight averaging (the default before 2026-12-02).", "",
+             "overrides; `patch_ema=0,patch_heads=1` is the head of the default before 2026-12-02 (one head, no weight
+averaging); `patch_heads=1` one head with weight averaging.", "",
              "| set | variant | seeds | default per seed | mean | min | pics per seed | knn per seed | head s |",
              "| --- | --- | --- | --- | ---: | ---: | --- | --- | ---: |"]
     for (name, variant), by_seed in sorted(groups.items()):

@@ -98,6 +98,9 @@ class ICSConfig:
                                    # (decay per step; 0 = the last step's weights). The head's seed moved deeppcb's
                                    # fused score by ±0.02; averaging the last ~200 steps' weights raised all three
                                    # seeds (industrial.md)
+    patch_heads: int = 3           # ICS heads on patches, each on its own draw of synthetic defects; the map reads
+                                   # their mean logit. One head's draw and seed moved deeppcb's default 0.866-0.917
+                                   # over five seeds (industrial.md)
     patch_batch: int = 256
     patch_lr: float = 1e-3
     local_weights: str = "gated"   # gated: the score string's weights (equal by default), with the global gknn
@@ -166,6 +169,8 @@ class ICSConfig:
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")
+        if self.patch_heads < 1:
+            raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
         if not 0.0 <= self.patch_ema < 1.0:
             raise ValueError(f"patch_ema must be in [0, 1), got {self.patch_ema!r}")
         if self.patch_split not in ("synthetic", "knn"):

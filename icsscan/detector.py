@@ -419,7 +419,8 @@ class ICSDetector:
                 self._tick("features", done[0], len(fit_idx))
             else:
                 self.train_log_.append(row)
-                self._tick("train", n, cfg.patch_iterations, **{k: v for k, v in row.items() if k != "iteration"})
+                self._tick("train", n, cfg.patch_iterations * cfg.patch_heads,
+                           **{k: v for k, v in row.items() if k not in ("iteration", "head")})
 
         scorer, info = fit_local(images, cfg, tick)
         timings.update(info.pop("timings"))
@@ -710,14 +711,15 @@ class ICSDetector:
         return det
 
     def _load_local(self, directory: Path, meta: dict, dev: torch.device) -> None:
-        from .local import LocalScorer
+        from .local import LocalScorer, count_heads
 
         cfg = self.config_
         fusion = meta.get("fusion") or {}
+        state = load_state(directory / "local.pt")
         scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
-                             score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate)
+                             score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate,
+                             heads=count_heads(state))
         try:
-            state = load_state(directory / "local.pt")
             if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
                 state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}
             scorer.load_state_dict(state)
@@ -1053,6 +1055,7 @@ def write_split_rows(path: Path, split: dict) -> None:
 
 def write_train_log(path: Path, rows: list[dict]) -> None:
     columns = ["iteration", "closeness", "intra_class", "dispersion", "rotation"]
+    columns += ["head"] if any("head" in row for row in rows) else []  # ensembles of ICS heads on patches
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -61,6 +61,34 @@ class PatchICSHead(nn.Module):
         return self.output(self.embed(e))[..., 0]
 
 
+class PatchICSEnsemble(nn.Module):
+    """Several ICS heads on patches, each trained on its own draw of synthetic defects and typical patches; the
+    logit is their mean. Why: what one head flags on unseen parts depends on which defects its draw happened to
+    make and on its initialisation (deeppcb, pics alone 0.71-0.81 over five seeds); averaging heads that saw
+    different draws cancels much of that (industrial.md)."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.members = nn.ModuleList(PatchICSHead(dim) for _ in range(n))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return sum(member(e) for member in self.members) / len(self.members)
+
+
+def patch_head(dim: int, n: int) -> nn.Module:
+    """One head as before (its state keys unchanged, so older bundles load), or an ensemble of n."""
+    return PatchICSHead(dim) if n == 1 else PatchICSEnsemble(dim, n)
+
+
+def head_members(head: nn.Module) -> list[PatchICSHead]:
+    return list(head.members) if isinstance(head, PatchICSEnsemble) else [head]
+
+
+def count_heads(state: dict) -> int:
+    """How many ICS heads a saved LocalScorer state holds (1 for bundles from before the ensemble)."""
+    return len({k.split(".")[2] for k in state if k.startswith("head.members.")}) or 1
+
+
 class SymmetricDistanceHead(nn.Module):
     """dist(z_i, z_j) = sigmoid(w·|z_i − z_j| + b). The paper's head on (z_i − z_j) is antisymmetric: a pair and
     its swap get logits of opposite sign, so closeness and dispersion both sit at ln 2 and cannot act. On |·|
@@ -89,12 +117,13 @@ class LocalScorer(nn.Module):
     """What `scan` runs for a local model: pixels (N, C, H, W) in [0, 1] → (score (N,), map (N, H/8, W/8))."""
 
     def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
-                 fusion: dict[str, float] | None = None, pretrained: bool = True, aggregate: str = "fused"):
+                 fusion: dict[str, float] | None = None, pretrained: bool = True, aggregate: str = "fused",
+                 heads: int = 1):
         super().__init__()
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
         self.features = PatchFeatures(pretrained=pretrained)
         dim = self.features.dim
-        self.head = PatchICSHead(dim)
+        self.head = patch_head(dim, heads)
         # bank and training embeddings are stored centred on their means (and queries centred the same way):
         # the distances are unchanged, but |q|² − 2q·b + |b|² cancels far less in float32 (ONNX parity)
         self.register_buffer("bank", torch.zeros(bank_size, dim))
@@ -407,13 +436,17 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     gen = torch.Generator().manual_seed(cfg.seed)
     t = time.perf_counter()
     parts = score_parts(cfg.score)
-    scorer = LocalScorer(images.channels, 1, len(images), parts, aggregate=cfg.local_aggregate).to(device).eval()
+    scorer = LocalScorer(images.channels, 1, len(images), parts, aggregate=cfg.local_aggregate,
+                         heads=cfg.patch_heads if "pics" in parts else 1).to(device).eval()
+    members = head_members(scorer.head)
+    # member k is trained with seed + 1000·k: its own synthetic defects, typical patches, sample order
+    member_seeds = [cfg.seed + 1000 * k for k in range(len(members))]
     per_image = max(16, math.ceil(cfg.patch_candidates / len(images)))
     with onnx_runtime(scorer.features, images[:1]):  # the backbone passes in onnxruntime on the CPU (~3x eager)
         pooled, patches, owners = embed_images(scorer.features, images, per_image, gen,
                                                tick=(lambda n: tick("features", n)) if tick else None)
         timings = {"features_s": time.perf_counter() - t}
-        defective = synthetic_defect_patches(scorer.features, images, cfg.seed) \
+        defective = [synthetic_defect_patches(scorer.features, images, seed) for seed in member_seeds] \
             if "pics" in parts and cfg.patch_split == "synthetic" else None
         timings["synthetic_features_s"] = time.perf_counter() - t - timings["features_s"]
 
@@ -429,29 +462,51 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     scorer.train_embeddings = (pooled - pooled.mean(0)).to(device)
     timings["bank_s"] = time.perf_counter() - t
 
-    # split, on a random subset of the candidates (the ICS head needs tens of thousands, not all)
     t = time.perf_counter()
-    subset = torch.randperm(len(patches), generator=gen)[:SPLIT_PATCHES]
-    info: dict = {"patch_split": cfg.patch_split}
-    if "pics" not in parts:  # no ICS head to train: nothing to split
-        patches, atypical = patches[subset], torch.zeros(len(subset), dtype=torch.bool)
-    elif cfg.patch_split == "knn":
-        patches, atypical, info["atypical_distance_cut"] = split_by_bank_distance(
-            patches[subset], owners[subset], bank, owners[chosen], cfg.rho)
-    else:
-        typical = patches[subset]
-        patches = torch.cat([typical, defective])
-        atypical = torch.cat([torch.zeros(len(typical), dtype=torch.bool), torch.ones(len(defective), dtype=torch.bool)])
-    log = []
-    if "pics" in parts:
-        log = train_patch_ics(scorer.head, patches.to(device), atypical.to(device), cfg.patch_iterations,
-                              cfg.patch_batch, cfg.patch_lr, cfg.seed, ema=cfg.patch_ema,
-                              on_log=(lambda row: tick("train", row["iteration"], row)) if tick else None)
+    info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(members)}
+    log = train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, "pics" in parts,
+                            info, tick)
     scorer.eval()
     timings["train_s"] = time.perf_counter() - t
-    info.update({"n_patches": int(len(patches)), "n_atypical_patches": int(atypical.sum()), "train_log": log,
-                 "timings": timings})
+    info.update({"train_log": log, "timings": timings})
     return scorer, info
+
+
+def train_patch_heads(members: list[PatchICSHead], member_seeds: list[int], patches: torch.Tensor,
+                      owners: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator, defective: list | None, cfg,
+                      train: bool, info: dict, tick: Callable[..., None] | None = None) -> list[dict]:
+    """Train each ICS head on patches (train_patch_ics) on its own split: a random SPLIT_PATCHES of the candidate
+    patches (the first head's drawn from `gen`, the others' from their seeds) against that head's synthetic-defect
+    patches (`defective[k]`), or, with patch_split "knn", the ρ least typical of them. Records the first head's
+    split sizes in `info`; returns the training log of all heads, iterations numbered on across them."""
+    device = members[0].e_mean.device
+    bank = patches[chosen]
+    log: list[dict] = []
+    for k, (member, seed) in enumerate(zip(members, member_seeds)):
+        subset = torch.randperm(len(patches), generator=gen if k == 0 else torch.Generator().manual_seed(seed))
+        subset = subset[:SPLIT_PATCHES]
+        if not train:  # no ICS head in the score: nothing to split
+            info.update(n_patches=len(subset), n_atypical_patches=0)
+            break
+        if cfg.patch_split == "knn":
+            head_patches, atypical, cut = split_by_bank_distance(patches[subset], owners[subset], bank, owners[chosen],
+                                                                 cfg.rho)
+            info.setdefault("atypical_distance_cut", cut)
+        else:
+            head_patches = torch.cat([patches[subset], defective[k]])
+            atypical = torch.cat([torch.zeros(len(subset), dtype=torch.bool),
+                                  torch.ones(len(defective[k]), dtype=torch.bool)])
+        info.setdefault("n_patches", int(len(head_patches)))
+        info.setdefault("n_atypical_patches", int(atypical.sum()))
+
+        def on_log(row: dict, k: int = k) -> None:
+            row.update(head=k, iteration=row["iteration"] + k * cfg.patch_iterations)
+            if tick:
+                tick("train", row["iteration"], row)
+
+        log += train_patch_ics(member, head_patches.to(device), atypical.to(device), cfg.patch_iterations,
+                               cfg.patch_batch, cfg.patch_lr, seed, ema=cfg.patch_ema, on_log=on_log)
+    return log
 
 
 def split_by_bank_distance(patches: torch.Tensor, owners: torch.Tensor, bank: torch.Tensor, bank_owners: torch.Tensor,
