@@ -181,8 +181,9 @@ def write_markdown(command: str, started: str) -> None:
              "The product's fit replayed on cached backbone features, per seed (split, bank, synthetic defects, head "
              "initialisation all follow the seed, as `icsscan train --seed`). `default` is the default's image score; "
              "`knn_pics` the fused local map alone; `pics` and `knn` each component alone. Variants are config "
-             "overrides; `patch_ema=0,patch_heads=1` is the ICS head of the default before 2026-12-02 (one head, no "
-             "weight averaging); `patch_heads=1` one head with weight averaging.", "",
+             "overrides of the default (one ICS head, 1,000 steps, weight average patch_ema 0.995); "
+             "`patch_ema=0` is the head of the default before 2026-12-02 (no weight averaging); `patch_heads=3` an "
+             "ensemble of three heads, each on its own synthetic-defect draw.", "",
              "| set | variant | seeds | default per seed | mean | min | pics per seed | knn per seed | head s |",
              "| --- | --- | --- | --- | ---: | ---: | --- | --- | ---: |"]
     for (name, variant), by_seed in sorted(groups.items()):
