@@ -328,6 +328,28 @@ def test_pairwise_distance_head_equals_its_per_pair_form():
         torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-5)
 
 
+def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
+    """patch_heads 2: two ICS heads on their own synthetic-defect draws, whose mean logit the map reads; the
+    bundle reloads with both (count_heads), scores as before saving, and exports to ONNX within parity."""
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+    from icsscan.export import export_onnx
+    from icsscan.local import PatchICSEnsemble
+
+    det = ICSDetector(config=preset_config("default", seed=0, patch_heads=2, **SMALL))
+    det.fit(parts["root"] / "good")
+    members = det.scorer_.head.members
+    assert isinstance(det.scorer_.head, PatchICSEnsemble) and len(members) == 2
+    assert not torch.equal(members[0].output.weight, members[1].output.weight)
+    assert {row["head"] for row in det.train_log_} == {0, 1}
+    det.save(tmp_path / "model")
+    again = ICSDetector.load(tmp_path / "model")
+    assert isinstance(again.scorer_.head, PatchICSEnsemble) and len(again.scorer_.head.members) == 2
+    files = sorted((parts["root"] / "test").iterdir())[:6]
+    np.testing.assert_allclose(again.score_samples(files), det.score_samples(files), atol=1e-6)
+    assert export_onnx(again, tmp_path / "again.onnx", quiet=True) <= 1e-4
+
+
 def test_patch_head_keeps_the_moving_average_of_its_weights():
     """train_patch_ics(ema=d) leaves the head with the exponential moving average of the weights after each step
     (the first step's weights, then avg ← d·avg + (1 − d)·w), not the last step's."""
