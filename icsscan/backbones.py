@@ -123,7 +123,8 @@ def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
     PyTorch; a graph that disagrees with PyTorch on the example is never used."""
     runner = None
     if example.device.type == "cpu":
-        runner = _onnx_runner(features, example[:1].cpu())
+        # float32 features of size ~1-10: 1e-5 of difference is rounding, anything near 1e-3 a wrong graph
+        runner = onnx_cpu_runner(_Embed(features).eval(), example[:1].cpu(), rtol=1e-4)
     if runner is not None:
         features.__dict__["_runtime"] = (tuple(example.shape[1:]), runner)
     try:
@@ -132,7 +133,10 @@ def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
         features.__dict__.pop("_runtime", None)
 
 
-def _onnx_runner(features: PatchFeatures, example: torch.Tensor):
+def onnx_cpu_runner(module: nn.Module, example: torch.Tensor, rtol: float = 1e-5):
+    """`module` (frozen, eval) exported for the example's shape and opened in onnxruntime on the CPU: a function
+    numpy → numpy, or None if onnxruntime is missing, the export fails, or the graph disagrees with PyTorch on the
+    example (atol 1e-4). Batch size is dynamic; the other dimensions are traced as they are in `example`."""
     import io
     import warnings
 
@@ -143,19 +147,18 @@ def _onnx_runner(features: PatchFeatures, example: torch.Tensor):
 
         buffer = io.BytesIO()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer chatter about the padding's python arithmetic on shapes
-            torch.onnx.export(_Embed(features).eval(), (example,), buffer, dynamo=False, input_names=["x"],
-                              output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
+            warnings.simplefilter("ignore")  # tracer chatter about python arithmetic on shapes
+            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["x"], output_names=["e"],
+                              dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
         session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
         with torch.no_grad():
-            want = features.embed(example).numpy()
+            want = module(example).numpy()
         got = session.run(None, {"x": example.numpy()})[0]
-        # float32 features of size ~1-10: 1e-5 of difference is rounding, anything near 1e-3 a wrong graph
-        if got.shape != want.shape or not np.allclose(got, want, atol=1e-4, rtol=1e-4):
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-4, rtol=rtol):  # never trust a graph that disagrees
             return None
-    except Exception:  # noqa: BLE001 - any failure: PyTorch computes the features instead
+    except Exception:  # noqa: BLE001 - any failure: PyTorch computes instead
         return None
     return lambda x: session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import STAGE_CHANNELS, efficientnet_lite0
+from .backbones import STAGE_CHANNELS, efficientnet_lite0, onnx_cpu_runner
 from .local import PatchICSHead, train_patch_ics
 
 EMBED_COMPONENTS = ("eknn", "eics")
@@ -101,7 +101,7 @@ def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable
     run = None
     if len(images) and images[:1].device.type == "cpu":  # one export per embedding module (its weights are frozen)
         if "_ort_run" not in embedding.__dict__:
-            embedding.__dict__["_ort_run"] = _onnx_runner(embedding, images[:1])
+            embedding.__dict__["_ort_run"] = onnx_cpu_runner(embedding, images[:1])
         run = embedding.__dict__["_ort_run"]
     out = []
     for i in range(0, len(images), batch):
@@ -110,30 +110,6 @@ def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable
         if tick:
             tick(len(out[-1]))
     return torch.cat(out) if out else torch.zeros(0, embedding.dim)
-
-
-def _onnx_runner(embedding: ImageEmbedding, example: torch.Tensor) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The embedding exported to a temporary ONNX file and opened in onnxruntime, or None if that fails."""
-    import io
-    import warnings
-
-    try:
-        import onnxruntime as ort
-
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(embedding, (example,), buffer, dynamo=False, input_names=["x"], output_names=["e"],
-                              dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
-        session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
-        got = session.run(None, {"x": example.numpy()})[0]
-        if not np.allclose(got, embedding(example).numpy(), atol=1e-4):  # never trust a graph that disagrees
-            return None
-    except Exception:  # noqa: BLE001 - any failure: PyTorch computes the embeddings instead
-        return None
-    return lambda x: session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def split_by_knn(e: torch.Tensor, rho: float, k: int = K_NEIGHBOURS, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
