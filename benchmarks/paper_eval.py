@@ -125,13 +125,17 @@ def dataset_label(name: str, source: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- methods
 
-METHODS = ("icsscan_small", "ICS", "NNwICS", "NaiveNN", "DSVDD", "SSIM", "OCSVM", "IF", "ImageNet_OCSVM")
+METHODS = ("icsscan_small", "ICS", "NNwICS", "NaiveNN", "DSVDD", "SSIM", "OCSVM", "IF", "ImageNet_OCSVM",
+           "icsscan_small_rotonly")
+# icsscan_small_rotonly: the same network, split, score and calibration as icsscan_small, trained *without* the
+# ICS losses (ics_losses "none": the rotation task alone). Does ICS training at least shape the features that
+# maha reads? Its by-products (same prefix) are compared with icsscan_small's: maha alone, fused without ics.
 # By-products of every icsscan cell (no extra training): the fused score's two components on their own.
 #   icsscan_ics  - the default-preset ICS classifier's logit alone (the paper's score, our network);
 #   SSIM         - 1 − SSIM of the same detector's split autoencoder (trained on its 90 % fit part), recorded
 #                  under the SSIM method with its own config hash and a note; a standalone SSIM run supersedes it.
 BYPRODUCTS = ("icsscan_ics",)
-ALL_METHODS = ("icsscan", "icsscan_small", "icsscan_ics") + METHODS[1:]   # report order (main tables)
+ALL_METHODS = ("icsscan", "icsscan_small", "icsscan_ics") + METHODS[1:-1]   # report order (main tables)
 # icsscan's default for whole-object images since the pretrained embedding came in (embed_table1.py, run on
 # cached embeddings): eknn+eics with label-free weights. The earlier default (from-scratch networks, score
 # ics+ssim+rot*0.7+maha*2, what `--backbone small` trains) is reported as icsscan_small; its by-products below
@@ -142,6 +146,7 @@ PRETRAINED_ABLATION = ("icsscan", "icsscan_default_equal", "icsscan_no_ssim", "i
 # fused score without one component. Reported in the ablation section, compared with the paper's ICS.
 ABLATION = ("icsscan_small", "icsscan_equal", "icsscan_ics", "SSIM", "icsscan_rot", "icsscan_maha",
             "icsscan_no_ics", "icsscan_no_ssim", "icsscan_no_rot", "icsscan_no_maha")
+ROTONLY_ABLATION = ("icsscan_small_rotonly", "icsscan_rotonly_rot", "icsscan_rotonly_maha", "icsscan_rotonly_no_ics")
 DETERMINISTIC = {"OCSVM", "ImageNet_OCSVM"}   # one seed is enough (the paper's std is 0.0 for these)
 VGG19_FILE = "vgg19-dcbb9e9d.pth"            # torchvision's ImageNet VGG19 weights (never downloaded here)
 
@@ -179,9 +184,9 @@ def planned_config(method: str, iterations: str | None = None, rho: float | None
     options = options or {}
     it = int(iterations) if iterations not in (None, "") and method != "DSVDD" else None
     ae = ae_epochs_for(method, options)
-    if method == "icsscan_small":   # the from-scratch recipe (the default before the pretrained embedding)
+    if method in ("icsscan_small", "icsscan_small_rotonly"):   # the from-scratch recipe (the default before
         cfg = preset_config("default", backbone="small", score=GLOBAL_DEFAULT_SCORE, iterations=it, rho=rho,
-                            ae_epochs=ae).to_dict()
+                            ae_epochs=ae, ics_losses=ROTONLY_LOSSES.get(method)).to_dict()  # the pretrained embedding)
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         cfg = preset_config("paper", iterations=it, rho=rho, ae_epochs=ae).to_dict()
         cfg["losses"] = {"ICS": "ics", "NNwICS": "bce", "NaiveNN": "naive"}[method]
@@ -204,7 +209,12 @@ def planned_config(method: str, iterations: str | None = None, rho: float | None
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     for k in ("seed", "device", "workers", "log_every"):
         cfg.pop(k, None)
+    if cfg.get("ics_losses") == "ics":  # the default: left out, so the digests of cells run before it existed hold
+        del cfg["ics_losses"]
     return cfg
+
+
+ROTONLY_LOSSES = {"icsscan_small_rotonly": "none"}
 
 
 def ae_epochs_for(method: str, options: dict) -> int | None:
@@ -217,7 +227,7 @@ def iterations_of(method: str, cfg: dict) -> str:
     """The `iterations` column: classifier iterations (ICS family), AE epochs (SSIM), epochs (DSVDD)."""
     if method == "NaiveNN":
         return str(cfg["iterations"])
-    if method in ("icsscan_small", "ICS", "NNwICS"):
+    if method in ("icsscan_small", "icsscan_small_rotonly", "ICS", "NNwICS"):
         return f"{cfg['iterations']} (AE {cfg['ae_epochs']} ep)"
     if method == "SSIM":
         return f"{cfg['ae_epochs']} AE epochs"
@@ -267,7 +277,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
                        ("cpu" if device == "auto" else device))
     extra: list[dict] = []
     components = None
-    if method == "icsscan_small":
+    if method in ("icsscan_small", "icsscan_small_rotonly"):
         from icsscan import ICSDetector
         from icsscan.config import GLOBAL_DEFAULT_SCORE, preset_config
         from icsscan.detector import array_to_rgb
@@ -275,7 +285,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
         ae = ae_epochs_for(method, options)
         det = ICSDetector(preset="default", seed=seed, device=str(dev), rho=rho, backbone="small",
                           score=GLOBAL_DEFAULT_SCORE, iterations=int(iterations) if iterations else None,
-                          config=preset_config("default", ae_epochs=ae) if ae else None)
+                          config=preset_config("default", ae_epochs=ae, ics_losses=ROTONLY_LOSSES.get(method)))
         det.fit(train)
         config = {k: v for k, v in det.config_.to_dict().items() if k not in ("workers", "log_every")}
         xt = det._tensor(array_to_rgb(test, det.image_size_), next(det.scorer_.parameters()).device)
@@ -290,7 +300,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
         check = det.score_samples(test[:64])
         assert np.allclose(check, scores[:64], atol=1e-6), "fused score differs from score_samples"
         part = {p: torch.cat([c[p].float().cpu() for c in chunks]).double().numpy() for p in det.scorer_.parts}
-        extra = by_products(det, part, config)
+        extra = by_products(det, part, config, rotonly=method == "icsscan_small_rotonly")
         components = {"parts": part, "fusion": det.fusion_dict()}
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         from icsscan.config import preset_config
@@ -372,14 +382,26 @@ def save_components(path: Path, components: dict, y_test: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def by_products(det, part: dict[str, np.ndarray], config: dict) -> list[dict]:
-    """Ablation rows from one icsscan cell: each score component alone, and the fused score without each one."""
+def by_products(det, part: dict[str, np.ndarray], config: dict, rotonly: bool = False) -> list[dict]:
+    """Ablation rows from one icsscan cell: each score component alone, and the fused score without each one.
+    rotonly (a network trained without the ICS losses): only rot and maha alone and the fusion without ics."""
     its = iterations_of("icsscan_small", config)
     fusion = det.fusion_dict()
     z = {p: np.sign(t) * np.log1p(np.abs(t)) for p, t in  # as AnomalyScorer.fused_z: standardise, signed log
          ((p, (v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p, v in part.items())}
     names = {"ics": "icsscan_ics", "rot": "icsscan_rot", "maha": "icsscan_maha"}
     rows = []
+    if rotonly:
+        keep = [p for p in part if p != "ics"]
+        w = {p: fusion[f"{p}_weight"] for p in keep}
+        for p in ("rot", "maha"):
+            rows.append({"method": f"icsscan_rotonly_{p}", "scores": part[p], "iterations": its,
+                         "note": f"by-product of the icsscan_small_rotonly cell: its '{p}' component alone",
+                         "config": {**config, "score": p}})
+        rows.append({"method": "icsscan_rotonly_no_ics", "scores": sum(w[p] * z[p] for p in keep) / sum(w.values()),
+                     "note": "by-product of the icsscan_small_rotonly cell: fused score without 'ics'",
+                     "config": {**config, "score": "+".join(keep)}, "iterations": its})
+        return rows
     for p, v in part.items():
         if p == "ssim":
             rows.append({"method": "SSIM", "scores": v,

@@ -44,7 +44,7 @@ RHOS = (0.025, 0.05, 0.10, 0.15, 0.20, 0.30)
 PAPER_CSV = Path(os.environ.get("ICSSCAN_PAPER_TABLE", "/work/shared/docs/paper_table1.csv"))
 PAPER_METHODS = ("OCSVM", "IF", "ImageNet_OCSVM", "SSIM", "DSVDD", "NaiveNN", "NNwICS", "ICS")
 # The paper column each of our methods is compared with (icsscan is an ICS model: compared with ICS).
-PAPER_COLUMN = {**{m: "ICS" for m in pe.ABLATION + pe.PRETRAINED_ABLATION}, **{m: m for m in PAPER_METHODS}}
+PAPER_COLUMN = {**{m: "ICS" for m in pe.ABLATION + pe.PRETRAINED_ABLATION + pe.ROTONLY_ABLATION}, **{m: m for m in PAPER_METHODS}}
 EMBED_RAW = "table1_embed_raw.csv"   # rows of embed_table1.py (pretrained whole-object components)
 PREVIOUS_RAW = "table1_raw_previous_default.csv"   # icsscan rows of the earlier default (ics+ssim, 400 its)
 
@@ -518,13 +518,15 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
     lines.append("")
 
     lines += ablation_lines(table, path.parent)
+    lines += rotonly_lines(raw_rows)
 
     # what ran
     lines += ["## What ran", "",
               "| method | dataset | classes | seeds | iterations | mean s/cell | device | config hash | notes |",
               "|---|---|---|---|---|---|---|---|---|"]
     latest = latest_cells(raw_rows)
-    for m in methods + [m for m in pe.ABLATION if m not in methods and any(t["method"] == m for t in table)]:
+    for m in methods + [m for m in pe.ABLATION + pe.ROTONLY_ABLATION
+                        if m not in methods and any(t["method"] == m for t in table)]:
         for ds in pe.DATASETS:
             rs = [r for (d, _, mm, _), g in latest.items() if d == ds and mm == m for r in g]
             if not rs:
@@ -540,7 +542,7 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
             lines.append(f"| {m} | {ds} | {_ranges(classes)} ({len(classes)}) | {_ranges(seeds)} | "
                          f"{', '.join(its) or '–'} | {f'{sum(secs) / len(secs):.0f}' if secs else '–'} | "
                          f"{', '.join(devs) or '–'} | {', '.join(hashes)} | {'; '.join(notes)[:200]} |")
-    missing = [m for m in pe.METHODS if m not in methods]
+    missing = [m for m in pe.METHODS if m not in methods and not any(t["method"] == m for t in table)]
     if missing:
         lines += ["", f"Not run yet (no rows): {', '.join(missing)}."]
     lines += ["", "Method definitions (see `benchmarks/paper_eval.py`, `benchmarks/dsvdd.py`):", "",
@@ -592,6 +594,38 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def rotonly_lines(raw_rows: list[dict]) -> list[str]:
+    """Does ICS training shape what the other components read? icsscan_small against the same network, split,
+    score and calibration trained without the ICS losses (rotation only), paired: same classes, same seeds."""
+    latest = latest_cells(raw_rows)
+    auc = {(ds, c, m, int(r["seed"])): float(r["auc"]) for (ds, c, m, rho), rs in latest.items() if not rho
+           for r in rs if _float(r["auc"]) is not None}
+    pairs = (("the same four, same weights (ics+ssim+rot*0.7+maha*2)", "icsscan_small", "icsscan_small_rotonly"),
+             ("Mahalanobis of z alone", "icsscan_maha", "icsscan_rotonly_maha"),
+             ("rotation surprise alone", "icsscan_rot", "icsscan_rotonly_rot"),
+             ("fused without ics (ssim+rot*0.7+maha*2)", "icsscan_no_ics", "icsscan_rotonly_no_ics"))
+    if not any(k[2] == "icsscan_small_rotonly" for k in auc):
+        return []
+    lines = ["## Does ICS training shape the features? (rotation-only ablation)", "",
+             "`icsscan_small_rotonly`: the `icsscan_small` recipe (same network, split, score, calibration, iterations) "
+             "trained *without* the three ICS losses — the rotation task alone shapes the network (`ics_losses = "
+             "\"none\"`); its ICS logit is then an untrained output unit. Paired means: the classes and seeds that ran "
+             "for both, ICS-trained → rotation-only (Δ).", "",
+             "| score | " + " | ".join(pe.DATASETS) + " |", "|---|" + "---|" * len(pe.DATASETS)]
+    for label, with_ics, without in pairs:
+        vals = []
+        for ds in pe.DATASETS:
+            keys = [(c, seed) for (d, c, m, seed) in auc if d == ds and m == without and (ds, c, with_ics, seed) in auc]
+            if not keys:
+                vals.append("–")
+                continue
+            a = sum(auc[(ds, c, with_ics, s)] for c, s in keys) / len(keys)
+            b = sum(auc[(ds, c, without, s)] for c, s in keys) / len(keys)
+            vals.append(f"{a:.1f} → {b:.1f} ({fmt_delta(b - a)}) [{len(keys)}]")
+        lines.append(f"| {label} | " + " | ".join(vals) + " |")
+    return lines + [""]
+
+
 def ablation_lines(table: list[dict], results: Path) -> list[str]:
     """Per-dataset means of icsscan and its by-products, over the classes where icsscan ran (same seeds)."""
     cells = {(t["dataset"], t["class_index"], t["method"]): t for t in table if t["auc_mean"] != "n/a"}
@@ -606,9 +640,13 @@ def ablation_lines(table: list[dict], results: Path) -> list[str]:
             "icsscan_ics": "ICS logit alone", "SSIM": "SSIM alone",
             "icsscan_rot": "rotation surprise alone", "icsscan_maha": "Mahalanobis of z alone",
             "icsscan_no_ics": "fused without ics", "icsscan_no_ssim": "fused without ssim",
-            "icsscan_no_rot": "fused without rot", "icsscan_no_maha": "fused without maha"}
+            "icsscan_no_rot": "fused without rot", "icsscan_no_maha": "fused without maha",
+            "icsscan_small_rotonly": "*trained without the ICS losses* (rotation only): the same four, same weights",
+            "icsscan_rotonly_rot": "… rotation only: rotation surprise alone",
+            "icsscan_rotonly_maha": "… rotation only: Mahalanobis of z alone",
+            "icsscan_rotonly_no_ics": "… rotation only: fused without ics (ssim+rot*0.7+maha*2)"}
     ran = {ds: [c for c in range(10) if (ds, c, "icsscan_small") in cells] for ds in pe.DATASETS}
-    for m in pe.ABLATION:
+    for m in pe.ABLATION + tuple(m for m in pe.ROTONLY_ABLATION if any(k[2] == m for k in cells)):
         vals = []
         for ds in pe.DATASETS:
             got = [float(cells[(ds, c, m)]["auc_mean"]) for c in ran[ds] if (ds, c, m) in cells]

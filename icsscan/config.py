@@ -76,6 +76,10 @@ class ICSConfig:
     rotation: bool = True
     rotation_batch: int = 64       # images per rotation step (each shown in 4 rotations)
     rotation_lr: float = 1e-3      # its own Adam (see train.py)
+    ics_losses: str = "ics"        # which ICS losses train the classifier: ics (closeness, intra-class, dispersion:
+                                   # the method) | bce (intra-class only: NNwICS) | none (no ICS loss: the rotation
+                                   # task alone shapes the network; an ablation: does ICS training shape what
+                                   # maha reads?)
     # scoring
     score: str = "auto"            # what the exported model outputs; see README "Scores". auto: resolved at fit
                                    # (detector.resolve_backbone): knn+pics+gknn for large images, eknn+eics for
@@ -171,6 +175,10 @@ class ICSConfig:
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")
+        if self.ics_losses not in ("ics", "bce", "none"):
+            raise ValueError(f"ics_losses must be ics, bce or none, got {self.ics_losses!r}")
+        if self.ics_losses == "none" and not self.rotation:
+            raise ValueError("ics_losses none needs the rotation task (nothing would train the network)")
         if self.patch_heads < 1:
             raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
         if not 0.0 <= self.patch_ema < 1.0:

@@ -328,7 +328,7 @@ class ICSDetector:
                 self._tick("train", row["iteration"], cfg.iterations, **{k: v for k, v in row.items() if k != "iteration"})
 
             atypical = torch.as_tensor(self.split_["atypical"], device=device)
-            self.classifier_ = train_ics(images, atypical, cfg, device, on_log=on_log)
+            self.classifier_ = train_ics(images, atypical, cfg, device, losses=cfg.ics_losses, on_log=on_log)
             timings["train_s"] = time.perf_counter() - t
 
         # 2b. the pretrained whole-object components: embeddings, kNN bank, ICS head on embeddings

@@ -50,6 +50,7 @@ LOSS_SETS = {
     "ics": ("closeness", "intra_class", "dispersion"),  # the method
     "bce": ("intra_class",),                             # NNwICS: ICS split, BCE only (paper baseline)
     "naive": ("naive",),                                 # NaiveNN: every image labelled normal (paper baseline)
+    "none": (),                                          # ablation: the rotation task alone (cfg.rotation)
 }
 
 

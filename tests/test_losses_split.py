@@ -97,3 +97,26 @@ def test_ssim_window_shrinks_for_tiny_images():
     assert ssim_window(28) == 11 and ssim_window(10) == 9 and ssim_window(8) == 7
     with pytest.raises(ValueError):
         ssim_window(2)
+
+
+def test_rotation_only_ablation_trains_no_ics_loss():
+    """ics_losses "none": only the rotation step runs, so the ICS output unit keeps its initial weights."""
+    from icsscan.config import preset_config
+    from icsscan.train import train_ics
+
+    x = torch.rand(32, 1, 16, 16)
+    atypical = torch.zeros(32, dtype=torch.bool)
+    atypical[:4] = True
+    cfg = preset_config("default", backbone="small", image_size=16, channels=1, iterations=3, batch_size=8,
+                        rotation_batch=8, ics_losses="none", seed=1, log_every=1)
+    log: list[dict] = []
+    clf = train_ics(x, atypical, cfg, torch.device("cpu"), losses=cfg.ics_losses, on_log=log.append)
+    assert [sorted(k for k in row if k != "iteration") for row in log] == [["rotation"]] * 3
+    torch.manual_seed(cfg.seed)  # the classifier train_ics starts from
+    fresh = ICSClassifier(1, 16, "small", cfg.width, cfg.hidden_dim, cfg.latent_dim)
+    assert torch.equal(clf.output.weight, fresh.output.weight) and torch.equal(clf.output.bias, fresh.output.bias)
+    assert not torch.equal(clf.rotation_head.weight, fresh.rotation_head.weight)  # the rotation task did train
+    with pytest.raises(ValueError, match="ics_losses"):
+        preset_config("default", ics_losses="rotation").validate()
+    with pytest.raises(ValueError, match="rotation task"):
+        preset_config("default", ics_losses="none", rotation=False).validate()
