@@ -246,15 +246,24 @@ def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, wo
 class MapKeeper:
     """During a scan of a local model: keeps the maps of the `keep` highest-scoring images (for the HTML
     report's overlays; bounded memory however large the folder) and writes an overlay PNG for every flagged
-    image into `maps_dir` (scan --maps), named by a running number so that names never collide."""
+    image into `maps_dir` (scan --maps), named by a running number so that names never collide.
+
+    The PNGs are drawn and encoded in a background thread (Pillow and NumPy release the GIL there) while the next
+    batch runs: ~10 ms per flagged image that would otherwise stall inference (casting test set, 496 overlays:
+    4.6 s of a 20 s scan). At most MAX_PENDING wait; `close()` waits for the rest and raises the first failure."""
+
+    MAX_PENDING = 16
 
     def __init__(self, threshold: float, keep: int = 24, maps_dir: Path | None = None):
         import heapq
+        from collections import deque
 
         self._heapq, self.threshold, self.keep, self.maps_dir = heapq, threshold, keep, maps_dir
         self.top: list[tuple[float, int, str, np.ndarray]] = []  # min-heap of (score, seq, path, map)
-        self.written: dict[str, str] = {}  # path → overlay file name
+        self.written: dict[str, str] = {}  # path → overlay file name (once the file is complete)
         self._seq = 0
+        self._pending: deque = deque()  # (path, name, future) in submission order
+        self._writer = ThreadPoolExecutor(max_workers=1) if maps_dir is not None else None
 
     def __call__(self, row: Row, rgb: np.ndarray, anomaly_map: np.ndarray) -> None:
         self._seq += 1
@@ -263,16 +272,39 @@ class MapKeeper:
             self._heapq.heappush(self.top, entry)
         elif row.score > self.top[0][0]:
             self._heapq.heapreplace(self.top, entry)
-        if self.maps_dir is not None and row.score >= self.threshold:
-            from .maps import save_png, side_by_side
-
+        if self._writer is not None and row.score >= self.threshold:
             stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(row.path).stem)[:80] or "image"
             name = f"{self._seq:06d}_{stem}.png"
-            save_png(side_by_side(rgb, anomaly_map), self.maps_dir / name)
-            self.written[row.path] = name
+            future = self._writer.submit(_write_overlay, rgb, anomaly_map.copy(), self.maps_dir / name)
+            self._pending.append((row.path, name, future))
+            while len(self._pending) > self.MAX_PENDING:
+                self._finish_one()
+
+    def _finish_one(self) -> None:
+        path, name, future = self._pending.popleft()
+        future.result()  # a failed write (disk full, …) surfaces here, as it did when written inline
+        self.written[path] = name
+
+    def close(self) -> None:
+        """Wait for the overlays still being written."""
+        if self._writer is None:
+            return
+        try:
+            while self._pending:
+                self._finish_one()
+        finally:
+            for _, _, future in self._pending:
+                future.cancel()
+            self._writer.shutdown(wait=True)
 
     def maps(self) -> dict[str, np.ndarray]:
         return {path: m.astype(np.float32) for _, _, path, m in self.top}
+
+
+def _write_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None:
+    from .maps import save_png, side_by_side
+
+    save_png(side_by_side(rgb, anomaly_map), path)
 
 
 # --------------------------------------------------------------------------------------------- thresholds
@@ -411,6 +443,9 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if keeper:
+            keeper.close()
     return ScanResult(rows, thr, source, threshold_meaning(model, thr, source, false_alarm_rate), model,
                       len(files), time.perf_counter() - started, interrupted,
                       keeper.maps() if keeper else {}, keeper.written if keeper else {})

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ICSSCAN, SAMPLE, run_cli
@@ -356,3 +357,32 @@ def test_interrupt_inside_exec_still_exits_130(tmp_path):
                        env=env, timeout=120)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert "icsscan: interrupted" in r.stderr
+
+
+def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
+    """scan --maps: one complete PNG per flagged image (drawn in a writer thread), the top maps kept, and a
+    write that fails is raised by close(), not lost."""
+    from PIL import Image
+
+    from icsscan.scan import MapKeeper, Row
+
+    rng = np.random.default_rng(0)
+    keeper = MapKeeper(threshold=0.5, keep=3, maps_dir=tmp_path)
+    scores = rng.random(40)
+    for k, s in enumerate(scores):
+        keeper(Row(f"/in/img_{k}.png", float(s)), rng.integers(0, 255, (30, 40, 3), dtype=np.uint8),
+               rng.normal(size=(4, 5)).astype(np.float32))
+    keeper.close()
+    flagged = {f"/in/img_{k}.png" for k, s in enumerate(scores) if s >= 0.5}
+    assert set(keeper.written) == flagged and len(list(tmp_path.glob("*.png"))) == len(flagged)
+    for name in keeper.written.values():
+        with Image.open(tmp_path / name) as im:
+            assert im.size == (2 * 40 + 4, 30)
+            im.load()
+    assert set(keeper.maps()) == {f"/in/img_{k}.png" for k in np.argsort(scores)[-3:]}
+
+    broken = MapKeeper(threshold=0.0, keep=1, maps_dir=tmp_path / "gone")  # the folder does not exist
+    broken(Row("/in/a.png", 0.9), np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2), np.float32))
+    with pytest.raises(OSError):
+        broken.close()
+    assert broken.written == {}
