@@ -13,6 +13,9 @@ detector.fit_local_fusion and LocalScorer's fused score. Checked against the CLI
     python benchmarks/local_seeds.py --sets deeppcb,casting --seeds 0,1,2 \
         --variants "patch_ema=0;patch_ema=0.995;patch_iterations=2000,patch_ema=0"
 
+A variant is config overrides (`key=value,...`), plus `synthetic_images=N`: the number of training images given
+synthetic defects for the ICS head's atypical side (local.SYNTHETIC_SPLIT_IMAGES, not a config field).
+
 Writes benchmarks/results/local_seeds.csv (one row per set × variant × seed; appended) and local_seeds.md.
 """
 from __future__ import annotations
@@ -103,6 +106,8 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
     """The product's fit_local + calibration for this seed and config, scored on the cached test features."""
     from sklearn.metrics import roc_auc_score
 
+    overrides = dict(overrides)
+    n_synthetic = int(overrides.pop("synthetic_images", L.SYNTHETIC_SPLIT_IMAGES))  # not a config field: the module's
     cfg = s.cfg.with_overrides(seed=seed, **{k: type(getattr(s.cfg, k))(v) for k, v in overrides.items()})
     n, h, w, _ = s.train.shape
     fit_idx, cal_idx = calibration_holdout(n, cfg.calibration_fraction, seed)
@@ -125,8 +130,10 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
     defective = []
     for member_seed in member_seeds:  # the defected copies' features depend on the seed only: cached
         synth_file = s.dir / (f"synthetic_{seed}.pt" if member_seed == seed else f"synthetic_{member_seed}_for_{seed}.pt")
+        if n_synthetic != L.SYNTHETIC_SPLIT_IMAGES:
+            synth_file = synth_file.with_name(synth_file.stem + f"_n{n_synthetic}.pt")
         if not synth_file.exists():
-            torch.save(L.synthetic_defect_patches(s.features, fit_images, member_seed), synth_file)
+            torch.save(L.synthetic_defect_patches(s.features, fit_images, member_seed, n_images=n_synthetic), synth_file)
         defective.append(torch.load(synth_file, weights_only=True))
     t = time.perf_counter()
     L.train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, True, {})
