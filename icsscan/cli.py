@@ -199,6 +199,10 @@ def train(
     embed_size: Annotated[int, typer.Option(help="Side in px at which whole-object images are fed to the "
                                             "pretrained network for the eknn/eics components (0 = the preset's, "
                                             "160; 112 is ~2x faster to train and scan, a little less accurate).")] = 0,
+    bank_size: Annotated[int, typer.Option(help="Local models: patches in the kNN memory bank (0 = the preset's, "
+                                           "4096). 2048 scans ~20 % faster (300-px casting with --maps, 2 cores: "
+                                           "53 vs 44 images/s) at a small cost in AUC (casting 0.993 vs 0.995).",
+                                           min=0)] = 0,
     weights: Annotated[str, typer.Option(help="How the score's components are weighted: auto (the preset's), "
                                          "synthetic (by how well each tells held-out normals from synthetic "
                                          "anomalies made from them: no labels needed), gated (local models: the "
@@ -223,7 +227,7 @@ def train(
                             workers=workers, batch_size=batch_size, iterations=iterations or None,
                             calibration_fraction=calibration_fraction, score=score or None,
                             backbone=None if backbone == "auto" else backbone,  # auto: the preset's
-                            embed_size=embed_size or None, local_weights=chosen,
+                            embed_size=embed_size or None, bank_size=bank_size or None, local_weights=chosen,
                             global_weights=None if chosen == "gated" else chosen)  # gated: local models only
         det, progress = make_detector(preset, config=cfg)
         with progress(det):

@@ -444,3 +444,15 @@ def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_pat
     # the test parts are grey: a clearly red pixel can only come from a hot overlay
     hot = (rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) > 80).sum()
     assert hot > 50, hot
+
+
+def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
+    """`icsscan train --bank-size N`: the local model's bank holds N patches (the scan's kNN cost), recorded."""
+    out = tmp_path / "model"
+    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--device", "cpu", timeout=600,
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["bank_size"] == 100 and meta["local"]["bank_rows"] == 100
+    bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad", "--bank-size", -1)
+    assert bad.returncode == 2 and "bank-size" in bad.stderr
