@@ -184,9 +184,10 @@ def planned_config(method: str, iterations: str | None = None, rho: float | None
     options = options or {}
     it = int(iterations) if iterations not in (None, "") and method != "DSVDD" else None
     ae = ae_epochs_for(method, options)
-    if method in ("icsscan_small", "icsscan_small_rotonly"):   # the from-scratch recipe (the default before
+    if method in ("icsscan_small", "icsscan_small_rotonly"):  # the from-scratch recipe (the default before the
+        # pretrained embedding); rotonly: the same, trained without the ICS losses
         cfg = preset_config("default", backbone="small", score=GLOBAL_DEFAULT_SCORE, iterations=it, rho=rho,
-                            ae_epochs=ae, ics_losses=ROTONLY_LOSSES.get(method)).to_dict()  # the pretrained embedding)
+                            ae_epochs=ae, ics_losses=ROTONLY_LOSSES.get(method)).to_dict()
     elif method in ("ICS", "NNwICS", "NaiveNN"):
         cfg = preset_config("paper", iterations=it, rho=rho, ae_epochs=ae).to_dict()
         cfg["losses"] = {"ICS": "ics", "NNwICS": "bce", "NaiveNN": "naive"}[method]
