@@ -657,7 +657,8 @@ class ICSDetector:
             raise ModelError(f"{directory}: incomplete model bundle, missing config.json")
         try:
             meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-            cfg = ICSConfig.from_dict({"local_aggregate": "separate", **meta["config"]})  # older bundles: separate
+            # older bundles: fields added later take the value those bundles were trained with, not today's default
+            cfg = ICSConfig.from_dict({"local_aggregate": "separate", "patch_heads": 1, **meta["config"]})
             cfg.validate()
             if cfg.image_size < 8 or cfg.channels not in (1, 3) or cfg.backbone == "auto":
                 raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} / backbone {cfg.backbone} "
