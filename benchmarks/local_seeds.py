@@ -14,7 +14,8 @@ detector.fit_local_fusion and LocalScorer's fused score. Checked against the CLI
         --variants "patch_ema=0;patch_ema=0.995;patch_iterations=2000,patch_ema=0"
 
 A variant is config overrides (`key=value,...`), plus `synthetic_images=N`: the number of training images given
-synthetic defects for the ICS head's atypical side (local.SYNTHETIC_SPLIT_IMAGES, not a config field).
+synthetic defects for the ICS head's atypical side (local.SYNTHETIC_SPLIT_IMAGES, not a config field), and
+`top_k=N`: the locations averaged into a map's image value (local.TOP_K, in fitting and scoring alike).
 
 Writes benchmarks/results/local_seeds.csv (one row per set × variant × seed; appended) and local_seeds.md.
 """
@@ -42,6 +43,7 @@ from icsscan.detector import calibration_holdout, fit_local_fusion  # noqa: E402
 from icsscan.runinfo import machine, now_iso, versions  # noqa: E402
 
 RESULTS = HERE / "results"
+DEFAULT_TOP_K = L.TOP_K
 FIELDS = ["set", "variant", "seed", "default", "knn_pics", "pics", "knn", "gknn_weight", "head_train_s", "finished"]
 
 
@@ -108,6 +110,7 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
 
     overrides = dict(overrides)
     n_synthetic = int(overrides.pop("synthetic_images", L.SYNTHETIC_SPLIT_IMAGES))  # not a config field: the module's
+    L.TOP_K = int(overrides.pop("top_k", DEFAULT_TOP_K))  # nor this: locations averaged into a map's image value
     cfg = s.cfg.with_overrides(seed=seed, **{k: type(getattr(s.cfg, k))(v) for k, v in overrides.items()})
     n, h, w, _ = s.train.shape
     fit_idx, cal_idx = calibration_holdout(n, cfg.calibration_fraction, seed)
