@@ -13,6 +13,7 @@ detector.fit_local_fusion and LocalScorer's fused score. Checked against the CLI
     python benchmarks/local_seeds.py --sets deeppcb,casting --seeds 0,1,2 \
         --variants "patch_ema=0;patch_ema=0.995;patch_iterations=2000,patch_ema=0"
 
+Features are cached per set and patch_pool (benchmarks/.cache/local_seeds/<set>-pool<K>).
 A variant is config overrides (`key=value,...`), plus `synthetic_images=N`: the number of training images given
 synthetic defects for the ICS head's atypical side (local.SYNTHETIC_SPLIT_IMAGES, not a config field), and
 `top_k=N`: the locations averaged into a map's image value (local.TOP_K, in fitting and scoring alike).
@@ -87,7 +88,7 @@ class SetCache:
     """One set's decoded training images and cached features (train, test, labels)."""
 
     def __init__(self, root: Path, name: str, cache: Path, features: PatchFeatures):
-        self.name, self.dir, self.features = name, cache / name, features
+        self.name, self.dir, self.features = name, cache / f"{name}-pool{features.pool}", features
         self.dir.mkdir(parents=True, exist_ok=True)
         det = ICSDetector(config=preset_config("default", seed=0))
         det.verbose = False
@@ -191,7 +192,9 @@ def write_markdown(command: str, started: str) -> None:
              "The product's fit replayed on cached backbone features, per seed (split, bank, synthetic defects, head "
              "initialisation all follow the seed, as `icsscan train --seed`). `default` is the default's image score; "
              "`knn_pics` the fused local map alone; `pics` and `knn` each component alone. Variants are config "
-             "overrides of the default (one ICS head, 1,000 steps, weight average patch_ema 0.995); "
+             "overrides of the default (one ICS head, 1,000 steps, weight average patch_ema 0.995, patch features not "
+             "averaged: patch_pool 1); `patch_pool=3` is the default before 2026-12-02 (3×3-averaged features), and "
+             "every row measured before then carries it; "
              "`patch_ema=0` is the head of the default before 2026-12-02 (no weight averaging); `patch_heads=3` an "
              "ensemble of three heads, each on its own synthetic-defect draw.", "",
              "| set | variant | seeds | default per seed | mean | min | pics per seed | knn per seed | head s |",
@@ -218,7 +221,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = now_iso()
     command = "python benchmarks/local_seeds.py " + " ".join(f'"{a}"' if ";" in a else a for a in sys.argv[1:])
-    features = PatchFeatures().eval()
+    features: dict[int, PatchFeatures] = {}  # by patch_pool: the cached features depend on it
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "local_seeds.csv"
     if not out.exists():
@@ -226,8 +229,11 @@ def main() -> None:
             csv.DictWriter(f, FIELDS).writeheader()
     root = Path(args.data_root) / "industrial"
     for name in args.sets.split(","):
-        s = SetCache(root, name, Path(args.cache), features)
         for variant in args.variants.split(";"):
+            pool = int(parse_variant(variant).get("patch_pool", preset_config("default").patch_pool))
+            if pool not in features:
+                features[pool] = PatchFeatures(pool=pool).eval()
+            s = SetCache(root, name, Path(args.cache), features[pool])
             for seed in (int(x) for x in args.seeds.split(",")):
                 row = {"set": name, "variant": variant, "seed": seed, **run_one(s, seed, parse_variant(variant)),
                        "finished": now_iso()}

@@ -86,16 +86,20 @@ class PatchFeatures(nn.Module):
     """Pixels in [0, 1] (N, 1|3, H, W) → patch embeddings (N, D, H/8, W/8), D = 40 + 112 = 152.
 
     Grey images are fed as 3 equal channels. The stride-16 map is upsampled onto the stride-8 grid and
-    concatenated, then each position is averaged with its 3×3 neighbours (a patch sees a little context, and
-    one noisy activation does not make a defect). The network is frozen: its ImageNet features are the point.
+    concatenated; with pool K > 1 each position is then averaged with its K×K neighbours (PatchCore's local
+    aggregation). The default is no averaging (config patch_pool 1): the network's own receptive field already
+    gives each position context, and averaging spread a defect a few pixels wide over its neighbours (deeppcb,
+    offline replica: 3×3 → none raised the default's AUC on every seed, local_seeds.md). The network is frozen:
+    its ImageNet features are the point.
     """
 
-    def __init__(self, pretrained: bool = True):
+    def __init__(self, pretrained: bool = True, pool: int = 1):
         super().__init__()
         self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=FEATURE_STAGES)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.dim = sum(STAGE_CHANNELS[s] for s in FEATURE_STAGES)
+        self.pool = pool
         self.stride = STAGE_STRIDES[FEATURE_STAGES[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +113,10 @@ class PatchFeatures(nn.Module):
         maps = self.net(x * 2.0 - 1.0)
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
-        return F.avg_pool2d(torch.cat(maps, 1), 3, stride=1, padding=1, count_include_pad=False)
+        cat = torch.cat(maps, 1)
+        if self.pool == 1:
+            return cat
+        return F.avg_pool2d(cat, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
 
 
 @contextmanager

@@ -658,7 +658,8 @@ class ICSDetector:
         try:
             meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
             # older bundles: fields added later take the value those bundles were trained with, not today's default
-            cfg = ICSConfig.from_dict({"local_aggregate": "separate", "patch_heads": 1, **meta["config"]})
+            cfg = ICSConfig.from_dict({"local_aggregate": "separate", "patch_heads": 1, "patch_pool": 3,
+                                    **meta["config"]})
             cfg.validate()
             if cfg.image_size < 8 or cfg.channels not in (1, 3) or cfg.backbone == "auto":
                 raise ValueError(f"image_size {cfg.image_size} / channels {cfg.channels} / backbone {cfg.backbone} "
@@ -719,7 +720,7 @@ class ICSDetector:
         state = load_state(directory / "local.pt")
         scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
                              score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate,
-                             heads=count_heads(state))
+                             heads=count_heads(state), pool=cfg.patch_pool)
         try:
             if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
                 state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}

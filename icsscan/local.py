@@ -120,10 +120,10 @@ class LocalScorer(nn.Module):
 
     def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
                  fusion: dict[str, float] | None = None, pretrained: bool = True, aggregate: str = "fused",
-                 heads: int = 1):
+                 heads: int = 1, pool: int = 1):
         super().__init__()
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
-        self.features = PatchFeatures(pretrained=pretrained)
+        self.features = PatchFeatures(pretrained=pretrained, pool=pool)
         dim = self.features.dim
         self.head = patch_head(dim, heads)
         # bank and training embeddings are stored centred on their means (and queries centred the same way):
@@ -444,7 +444,7 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     t = time.perf_counter()
     parts = score_parts(cfg.score)
     scorer = LocalScorer(images.channels, 1, len(images), parts, aggregate=cfg.local_aggregate,
-                         heads=cfg.patch_heads if "pics" in parts else 1).to(device).eval()
+                         heads=cfg.patch_heads if "pics" in parts else 1, pool=cfg.patch_pool).to(device).eval()
     members = head_members(scorer.head)
     # member k is trained with seed + 1000·k: its own synthetic defects, typical patches, sample order
     member_seeds = [cfg.seed + 1000 * k for k in range(len(members))]

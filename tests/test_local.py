@@ -164,24 +164,26 @@ def test_fused_calibration_puts_half_at_the_normal_quantile(parts):
 
 
 def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
-    """A bundle trained with the earlier aggregate (each map's own top-k) and one ICS head, saved without the
-    newer keys, loads as "separate" with one head and scores as it did."""
+    """A bundle trained with the earlier aggregate (each map's own top-k), one ICS head and 3×3-averaged patch
+    features, saved without the newer keys, loads as "separate", one head, 3×3, and scores as it did."""
     from icsscan import ICSDetector
     from icsscan.config import preset_config
     from icsscan.data import find_images
 
-    det = ICSDetector(config=preset_config("default", seed=1, local_aggregate="separate", patch_heads=1, **SMALL))
+    det = ICSDetector(config=preset_config("default", seed=1, local_aggregate="separate", patch_heads=1,
+                                                 patch_pool=3, **SMALL))
     det.fit(parts["root"] / "good")
     out = det.save(tmp_path / "old")
     files = find_images(parts["root"] / "test")[:6]
     want = det.score_samples(files)
     meta = json.loads((out / "config.json").read_text())
-    del meta["config"]["local_aggregate"], meta["config"]["patch_heads"]
+    for key in ("local_aggregate", "patch_heads", "patch_pool"):
+        del meta["config"][key]
     (out / "config.json").write_text(json.dumps(meta))
     state = torch.load(out / "local.pt", weights_only=True)
     torch.save({k: v for k, v in state.items() if k not in ("local_center", "local_scale")}, out / "local.pt")
     old = ICSDetector.load(out, device="cpu")
-    assert old.config_.local_aggregate == "separate" and old.config_.patch_heads == 1
+    assert (old.config_.local_aggregate, old.config_.patch_heads, old.config_.patch_pool) == ("separate", 1, 3)
     np.testing.assert_allclose(old.score_samples(files), want, atol=1e-6)
 
 
