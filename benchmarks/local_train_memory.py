@@ -5,8 +5,8 @@
 Builds folders of N JPEGs from the images of SOURCE (default: the casting set's train/good; beyond its own
 count, rotated and mirrored copies, so every file is a distinct real image of the same size), runs
 `icsscan train` on each in a fresh process and records its peak RSS (the child's ru_maxrss) and wall time.
-The bank (4,096 patches) and the patch candidates (100,000) are fixed in size; what grows with N is the
-decoded training set itself (uint8, N × H × W × 3). Writes benchmarks/results/local_train_memory.{json,md}.
+The bank (2,048 patches by default; 4,096 before 2026-12-02) and the patch candidates (100,000) are fixed in
+size; what grows with N is the decoded training set itself (uint8, N × H × W × 3). Writes benchmarks/results/local_train_memory.{json,md}.
 """
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
     PyTorch; a graph that disagrees with PyTorch on the example is never used."""
     runner = None
     if example.device.type == "cpu":
-        # float32 features of size ~1-10: 1e-5 of difference is rounding, anything near 1e-3 a wrong graph
+        # float32 features up to ~40: 1e-4 of that scale is rounding, a wrong graph is off by far more
         runner = onnx_cpu_runner(_Embed(features).eval(), example[:1].cpu(), rtol=1e-4)
     if runner is not None:
         features.__dict__["_runtime"] = (tuple(example.shape[1:]), runner)
@@ -140,10 +140,23 @@ def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
         features.__dict__.pop("_runtime", None)
 
 
+def same_values(got, want, rtol: float, atol: float = 1e-4) -> bool:
+    """Does a graph's output equal PyTorch's up to float32 rounding? Within atol, or rtol of the output's largest
+    magnitude, everywhere. Relative to the scale, not to each element: rounding in a deep network leaves errors of
+    the size of the large activations' last bits on small ones too (640-px PCB, unaveraged features up to 42:
+    3e-4 on one element, which an elementwise test rejected and fitting fell back to eager PyTorch, 10x
+    slower); a wrong graph (padding, weights) is off by a good fraction of the scale."""
+    import numpy as np
+
+    if got.shape != want.shape:
+        return False
+    return float(np.abs(got - want).max(initial=0.0)) <= max(atol, rtol * float(np.abs(want).max(initial=0.0)))
+
+
 def onnx_cpu_runner(module: nn.Module, example: torch.Tensor, rtol: float = 1e-5):
     """`module` (frozen, eval) exported for the example's shape and opened in onnxruntime on the CPU: a function
     numpy → numpy, or None if onnxruntime is missing, the export fails, or the graph disagrees with PyTorch on the
-    example (atol 1e-4). Batch size is dynamic; the other dimensions are traced as they are in `example`."""
+    example (same_values). Batch size is dynamic; the other dimensions are traced as they are in `example`."""
     import io
     import warnings
 
@@ -163,7 +176,7 @@ def onnx_cpu_runner(module: nn.Module, example: torch.Tensor, rtol: float = 1e-5
         with torch.no_grad():
             want = module(example).numpy()
         got = session.run(None, {"x": example.numpy()})[0]
-        if got.shape != want.shape or not np.allclose(got, want, atol=1e-4, rtol=rtol):  # never trust a graph that disagrees
+        if not same_values(got, want, rtol):  # never trust a graph that disagrees
             return None
     except Exception:  # noqa: BLE001 - any failure: PyTorch computes instead
         return None

@@ -212,7 +212,7 @@ def score_paths(model: ScanModel, paths: Sequence[str], workers: int = 4) -> lis
 
 
 # A local model's batch holds (batch × locations × bank) distances at once: 8 images of 640 px against a
-# 4,096-patch bank is 0.8 GB, so local models run in small batches whatever --batch-size says.
+# 4,096-patch bank (--bank-size 4096) is 0.8 GB, so local models run in small batches whatever --batch-size says.
 LOCAL_MAX_BATCH = 8
 
 

@@ -391,6 +391,24 @@ def test_fitting_runs_the_backbone_in_onnxruntime_with_pytorch_features():
     assert not torch.equal(got, want)  # it really was the other runtime (float rounding differs)
 
 
+def test_graph_check_accepts_rounding_and_rejects_a_wrong_graph():
+    """The check that decides whether fitting may run the backbone in onnxruntime: float32 rounding of the size
+    of the largest activations' last bits passes (on a small element too), a graph off by 1 % of the scale, or
+    with another shape, does not."""
+    from icsscan.backbones import same_values
+
+    rng = np.random.default_rng(0)
+    want = rng.normal(0, 5, (1, 152, 80, 80)).astype(np.float32)
+    want[0, 0, 0, 0] = 42.0
+    rounding = want.copy()
+    rounding[0, 1, 2, 3] += 3e-4  # what a 640-px PCB image gave on one small element
+    assert same_values(rounding, want, rtol=1e-4)
+    wrong = want.copy()
+    wrong[0, :, 0, :] += 0.42  # a border row off: e.g. padding traced differently
+    assert not same_values(wrong, want, rtol=1e-4)
+    assert not same_values(want[:, :, :-1], want, rtol=1e-4)
+
+
 @pytest.mark.parametrize("split", ["synthetic", "knn"])
 def test_ics_on_patches_alone_finds_the_defects(parts, split):
     """The ICS head on patches by itself (score pics): trained on normal patches vs patches of training images
