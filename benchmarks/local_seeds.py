@@ -193,8 +193,9 @@ def write_markdown(command: str, started: str) -> None:
              "initialisation all follow the seed, as `icsscan train --seed`). `default` is the default's image score; "
              "`knn_pics` the fused local map alone; `pics` and `knn` each component alone. Variants are config "
              "overrides of the default (one ICS head, 1,000 steps, weight average patch_ema 0.995, patch features not "
-             "averaged: patch_pool 1); `patch_pool=3` is the default before 2026-12-02 (3×3-averaged features), and "
-             "every row measured before then carries it; "
+             "averaged: patch_pool 1, a 2,048-patch bank); `patch_pool=3,bank_size=4096` is the default before "
+             "2026-12-02 10:00 (3×3-averaged features, 4,096 patches), and every row measured before then carries "
+             "it; "
              "`patch_ema=0` is the head of the default before 2026-12-02 (no weight averaging); `patch_heads=3` an "
              "ensemble of three heads, each on its own synthetic-defect draw.", "",
              "| set | variant | seeds | default per seed | mean | min | pics per seed | knn per seed | head s |",
