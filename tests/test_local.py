@@ -171,7 +171,7 @@ def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
     from icsscan.data import find_images
 
     det = ICSDetector(config=preset_config("default", seed=1, local_aggregate="separate", patch_heads=1,
-                                                 patch_pool=3, **SMALL))
+                                           patch_pool=3, **SMALL))
     det.fit(parts["root"] / "good")
     out = det.save(tmp_path / "old")
     files = find_images(parts["root"] / "test")[:6]
