@@ -230,11 +230,14 @@ def main() -> None:
             csv.DictWriter(f, FIELDS).writeheader()
     root = Path(args.data_root) / "industrial"
     for name in args.sets.split(","):
+        sets: dict[int, SetCache] = {}  # by patch_pool: decode the set once per pool, not once per variant
         for variant in args.variants.split(";"):
             pool = int(parse_variant(variant).get("patch_pool", preset_config("default").patch_pool))
             if pool not in features:
                 features[pool] = PatchFeatures(pool=pool).eval()
-            s = SetCache(root, name, Path(args.cache), features[pool])
+            if pool not in sets:
+                sets[pool] = SetCache(root, name, Path(args.cache), features[pool])
+            s = sets[pool]
             for seed in (int(x) for x in args.seeds.split(",")):
                 row = {"set": name, "variant": variant, "seed": seed, **run_one(s, seed, parse_variant(variant)),
                        "finished": now_iso()}
