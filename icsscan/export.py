@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .backbones import drop_empty_pad_values, fixed_same_padding
 from .errors import ModelError
 from .runinfo import hash_json, now_iso
 
@@ -71,14 +72,15 @@ def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet:
     example = torch.rand(2, cfg.channels, height, cfg.image_size)
     outputs = [OUTPUT_NAME, MAP_NAME] if cfg.is_local else [OUTPUT_NAME]
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fixed_same_padding(scorer, example):
         warnings.simplefilter("ignore")  # tracer chatter about python control flow on shapes (static here)
         # dynamo=False: the TorchScript exporter, which needs no onnxscript and handles this graph fully
-        # (the "same" padding of the TF-style backbone is traced for this fixed input size).
+        # (the "same" padding of the TF-style backbone is fixed for this input size: constant pads).
         torch.onnx.export(scorer, (example,), buffer, input_names=[INPUT_NAME], output_names=outputs,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                           opset_version=opset, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
+    drop_empty_pad_values(model)  # with the constant pads above, onnxruntime folds each Pad into its Conv
     for key, value in metadata_for(det, opset).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -112,9 +114,9 @@ def parity_inputs(det) -> np.ndarray:
 
 
 def parity_check(model_bytes: bytes, scorer: torch.nn.Module, inputs: np.ndarray) -> float:
+    """Max |ONNX − PyTorch| over every output (score, and the anomaly map of local models)."""
     from .scan import import_onnxruntime
 
-    """Max |ONNX − PyTorch| over every output (score, and the anomaly map of local models)."""
     session = import_onnxruntime().InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: inputs})
     with torch.no_grad():

@@ -409,6 +409,36 @@ def test_graph_check_accepts_rounding_and_rejects_a_wrong_graph():
     assert not same_values(want[:, :, :-1], want, rtol=1e-4)
 
 
+def test_export_traces_constant_pads_that_onnxruntime_folds():
+    """Within fixed_same_padding the TF "same" convolutions pad by constants: the traced graph has no
+    size arithmetic (Shape/Ceil) left, every Pad has only constant inputs (onnxruntime then folds it into its
+    Conv), the graph equals PyTorch, and after the block the network pads for any size again."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    from icsscan.backbones import PatchFeatures, _Embed, drop_empty_pad_values, fixed_same_padding
+
+    module = _Embed(PatchFeatures(pretrained=False)).eval()
+    x = torch.rand(2, 1, 72, 88)
+    buffer = io.BytesIO()
+    with fixed_same_padding(module, x[:1]):
+        torch.onnx.export(module, (x[:1],), buffer, dynamo=False, input_names=["x"], output_names=["e"],
+                          dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
+    graph = onnx.load_from_string(buffer.getvalue())
+    drop_empty_pad_values(graph)
+    ops = [n.op_type for n in graph.graph.node]
+    pads = [n for n in graph.graph.node if n.op_type == "Pad"]
+    assert pads and "Ceil" not in ops and all(len(n.input) == 2 for n in pads)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = module(x).numpy()
+        other = module(torch.rand(1, 1, 65, 97))  # dynamic "same" padding restored: an odd size works
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], want, atol=1e-4, rtol=1e-4)
+    assert other.shape == (1, 152, 9, 13)
+
+
 @pytest.mark.parametrize("split", ["synthetic", "knn"])
 def test_ics_on_patches_alone_finds_the_defects(parts, split):
     """The ICS head on patches by itself (score pics): trained on normal patches vs patches of training images
