@@ -19,7 +19,8 @@ def peak(anomaly_map: np.ndarray, image_wh: tuple[int, int]) -> tuple[int, int]:
     """(x, y) of the centre of the map's hottest cell, in the pixels of an image of size `image_wh` (the map
     covers the whole image, so the original's size is all it takes to map back)."""
     h, w = anomaly_map.shape
-    i, j = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+    finite = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float64), nan=-np.inf)  # argmax would pick a NaN
+    i, j = np.unravel_index(int(np.argmax(finite)), anomaly_map.shape)
     x, y = (j + 0.5) * image_wh[0] / w, (i + 0.5) * image_wh[1] / h
     return int(min(image_wh[0] - 1, x)), int(min(image_wh[1] - 1, y))
 
@@ -29,7 +30,8 @@ def _colour_table(levels: int = 256) -> tuple[list[int], list[int]]:
 
     Level 0 (a value at or below MAP_RANGE's low end: no more unusual than the median normal location, most of
     any image) is fully transparent, so the overlay leaves normal regions untouched: the defect is what stands
-    out, and a PNG whose right half repeats its left compresses ~2x faster (scan --maps draws thousands)."""
+    out, and a PNG whose right half repeats its left outside the hot spots is about half the bytes and a quarter
+    faster to encode (casting: 91 vs 164 KiB, 7.4 vs 9.6 ms; scan --maps draws one per flagged image)."""
     t = np.linspace(0.0, 1.0, levels)
     pos = t * (len(_ANCHORS) - 1)
     k = np.minimum(pos.astype(int), len(_ANCHORS) - 2)

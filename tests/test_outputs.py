@@ -359,6 +359,27 @@ def test_interrupt_inside_exec_still_exits_130(tmp_path):
     assert "icsscan: interrupted" in r.stderr
 
 
+def test_overlay_colours_only_the_unusual_locations():
+    """An overlay leaves locations no more unusual than the median normal one (map ≤ 0) as they were, paints a
+    hot location red-ish, and rings the peak; a NaN in a map draws nothing and is never the peak."""
+    from icsscan.maps import overlay, peak
+
+    rgb = np.full((64, 64, 3), 120, np.uint8)
+    cold = np.full((8, 8), -1.0, np.float32)
+    cold[0, 0] = np.nan
+    out = np.asarray(overlay(rgb, cold))
+    untouched = np.all(out == 120, axis=-1)
+    assert untouched.mean() > 0.9  # all but the ring around the (arbitrary) peak
+    hot = cold.copy()
+    hot[5:8, 5:8] = 3.0  # the top of the colour scale, over 3 x 3 map cells
+    out = np.asarray(overlay(rgb, hot)).astype(int)
+    r, g, b = out[52, 52]  # the centre of map cell (6, 6) in image pixels: 75 % red over grey 120
+    assert r > 180 and g < 80 and b < 80, (r, g, b)
+    assert np.all(out[8, 8] == 120)  # far from the hot cells: unchanged
+    assert np.all(out == 255, axis=-1).sum() >= 20  # the white ring around the peak
+    assert peak(hot, (64, 64)) == (44, 44)  # the first hottest cell's centre, not the NaN at (0, 0)
+
+
 def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
     """scan --maps: one complete PNG per flagged image (drawn in a writer thread), the top maps kept, and a
     write that fails is raised by close(), not lost."""
