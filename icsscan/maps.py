@@ -25,14 +25,14 @@ def peak(anomaly_map: np.ndarray, image_wh: tuple[int, int]) -> tuple[int, int]:
     return int(min(image_wh[0] - 1, x)), int(min(image_wh[1] - 1, y))
 
 
-def _colour_table(levels: int = 256) -> tuple[list[int], list[int]]:
+def _colour_table(steps: int = 256) -> tuple[list[int], list[int]]:
     """A 256-entry palette (flat RGB list) and alpha table (0–255) for levels t = 0 … 1 of MAP_RANGE.
 
     Level 0 (a value at or below MAP_RANGE's low end: no more unusual than the median normal location, most of
     any image) is fully transparent, so the overlay leaves normal regions untouched: the defect is what stands
     out, and a PNG whose right half repeats its left outside the hot spots is about half the bytes and a quarter
     faster to encode (casting: 91 vs 164 KiB, 7.4 vs 9.6 ms; scan --maps draws one per flagged image)."""
-    t = np.linspace(0.0, 1.0, levels)
+    t = np.linspace(0.0, 1.0, steps)
     pos = t * (len(_ANCHORS) - 1)
     k = np.minimum(pos.astype(int), len(_ANCHORS) - 2)
     frac = (pos - k)[:, None]
@@ -47,7 +47,7 @@ _PALETTE, _ALPHAS = _colour_table()
 
 def levels(anomaly_map: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """Map → colour levels 0–255 of MAP_RANGE as an "L" image of `size` = (width, height), bilinear. Pillow
-    throughout (resize, affine point, clamping convert): ~5x faster than the same in NumPy."""
+    throughout (resize, affine point, clamping convert): 0.6 ms for 300 px, ~4x faster than the same in NumPy."""
     lo, hi = MAP_RANGE
     scale = 255.0 / (hi - lo)
     values = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=lo, posinf=hi, neginf=lo)
