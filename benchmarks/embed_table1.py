@@ -50,7 +50,7 @@ SYNTHETIC_MAX = 256  # held-out normals given a synthetic anomaly (as icsscan.de
 
 
 def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation: bool,
-              with_ssim: bool = False) -> list[tuple[str, np.ndarray, dict]]:
+              with_ssim: bool = False, dump: Path | None = None) -> list[tuple[str, np.ndarray, dict]]:
     import torch
 
     from icsscan.config import preset_config
@@ -100,6 +100,10 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
         for method, w in (("icsscan", w3), ("icsscan_default_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
             out.append((method, fused_logit(values, w, cfg.rho), {"weights": w, **three}))
         out.append(("icsscan_ssim", values["test"]["ssim"], {}))
+    if dump is not None:  # every component on held-out normals, synthetic anomalies and the test set, for
+        dump.mkdir(parents=True, exist_ok=True)  # comparing weighting rules offline (weight_rules.py)
+        np.savez_compressed(dump / f"{ds.name}-{cls}-s{seed}.npz",
+                            **{f"{key}__{part}": v for key, parts in values.items() for part, v in parts.items()})
     out.append(("icsscan_eknn", values["test"]["eknn"], {}))
     out.append(("icsscan_eics", values["test"]["eics"], {"n_atypical": info["n_atypical"]}))
     if ablation:
@@ -153,6 +157,9 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=RAW)
     ap.add_argument("--with-ssim", action="store_true", help="also train the split autoencoder per cell and "
                     "write icsscan (the default: eknn+eics+ssim, label-free weights), icsscan_default_equal, icsscan_ssim")
+    ap.add_argument("--dump", type=Path, help="also save each cell's component scores (held-out normals, "
+                    "synthetic anomalies, test set) as DIR/<dataset>-<class>-s<seed>.npz")
+    ap.add_argument("--skip-ocsvm", action="store_true", help="do not compute the ImageNet_OCSVM rows")
     args = ap.parse_args()
     import torch
 
@@ -168,7 +175,7 @@ def main() -> None:
         for cls in int_list(args.classes, 10):
             base = {"dataset": name, "class_index": cls, "class_name": pe.CLASS_NAMES[name][cls], "device": "cpu",
                     "data_source": ds.source, "threads": args.threads, "rho": ""}
-            if (name, str(cls), "ImageNet_OCSVM", "0") not in done:
+            if not args.skip_ocsvm and (name, str(cls), "ImageNet_OCSVM", "0") not in done:
                 t = time.perf_counter()
                 auc = pe.auc_percent(ds.y_test, cls, ocsvm_scores(cache, ds, cls))
                 n = int((ds.y_train == cls).sum())
@@ -184,7 +191,7 @@ def main() -> None:
                     continue
                 ablation = seed in int_list(args.ablation_seeds)
                 t = time.perf_counter()
-                rows = cell_rows(ds, cache, cls, seed, args.size, session, ablation, args.with_ssim)
+                rows = cell_rows(ds, cache, cls, seed, args.size, session, ablation, args.with_ssim, args.dump)
                 seconds = time.perf_counter() - t + per_image_s * (int((ds.y_train == cls).sum()) + SYNTHETIC_MAX)
                 stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
                 for method, scores, extra in rows:
