@@ -21,7 +21,7 @@ Methods written (rows of the same format as table1_raw.csv, into table1_embed_ra
   ImageNet_OCSVM         the paper's baseline with EfficientNet-Lite0 in place of VGG19: OCSVM (rbf, ν 0.15,
                          γ "scale") on the same embeddings of all the class's training images (seed 0 only)
 
-    python benchmarks/embed_cache.py                       # once: every image's embedding (~25 min per dataset, 1 thread)
+    python benchmarks/embed_cache.py                       # once: every image's embedding (~7 min per digit set, ~10 for CIFAR, 1 thread)
     python benchmarks/embed_table1.py --datasets mnist --seeds 0 --ablation-seeds 0 --with-ssim
 """
 from __future__ import annotations
