@@ -10,7 +10,6 @@ images/s of PyTorch eager here), one thread per process.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -33,17 +32,11 @@ def session_for(size: int, threads: int):
     if not path.exists():
         import onnx
 
-        from icsscan.backbones import drop_empty_pad_values, fixed_same_padding
+        from icsscan.backbones import trace_onnx
 
         # traced as icsscan's export does: constant pads that onnxruntime folds into the convolutions
-        module = ImageEmbedding(size).eval()
-        example = torch.rand(2, 3, size, size)
-        buffer = io.BytesIO()
-        with fixed_same_padding(module, example):
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["x"],
-                              output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}})
-        graph = onnx.load_from_string(buffer.getvalue())
-        drop_empty_pad_values(graph)
+        graph = trace_onnx(ImageEmbedding(size).eval(), torch.rand(2, 3, size, size), input_names=["x"],
+                           output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}})
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         onnx.save(graph, str(tmp))
         os.replace(tmp, path)

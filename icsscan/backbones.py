@@ -140,13 +140,31 @@ def onnx_runtime(features: PatchFeatures, example: torch.Tensor):
         features.__dict__.pop("_runtime", None)
 
 
-@contextmanager
-def fixed_same_padding(module: nn.Module, example: torch.Tensor):
-    """Within this block, every TF "same"-padded convolution in `module` pads by the fixed amounts it needs for
-    inputs shaped like `example` (Python ints), so that an ONNX export traces constant pads.
+def trace_onnx(module: nn.Module, example: torch.Tensor, **export_args):
+    """`module` traced by the TorchScript exporter (dynamo=False: no onnxscript needed) for inputs shaped like
+    `example`, as an onnx ModelProto whose TF "same" pads are constants that onnxruntime folds into the
+    convolutions (fixed_same_padding, drop_empty_pad_values). `export_args` go to torch.onnx.export."""
+    import io
+    import warnings
 
-    Why: timm's Conv2dSame computes its pads from the input's size at run time; traced, that is a chain of
-    Shape/Ceil/Cast ops feeding a Pad node that onnxruntime cannot fold into the convolution, and whose
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), fixed_same_padding(module):
+        warnings.simplefilter("ignore")  # tracer chatter about Python arithmetic on shapes (static here)
+        torch.onnx.export(module, (example,), buffer, dynamo=False, **export_args)
+    model = onnx.load_from_string(buffer.getvalue())
+    drop_empty_pad_values(model)
+    return model
+
+
+@contextmanager
+def fixed_same_padding(module: nn.Module):
+    """Within this block, every TF "same"-padded convolution in `module` pads by Python ints computed from the
+    size of what it receives, so that an ONNX trace records constant pads.
+
+    Why: timm's Conv2dSame computes its pads with tensor arithmetic on the input's size; traced, that is a chain
+    of Shape/Ceil/Cast ops feeding a Pad node that onnxruntime cannot fold into the convolution, and whose
     plain-layout tensors force layout reorders around it (casting, 304 px: Pad + reorders 4.0 of 17 ms per
     image). Our graphs have a fixed spatial size anyway (only the batch is dynamic); the arithmetic is the
     same pad then convolution, so PyTorch's values do not change."""
@@ -156,21 +174,8 @@ def fixed_same_padding(module: nn.Module, example: torch.Tensor):
         yield
         return
     convs = [m for m in module.modules() if isinstance(m, Conv2dSame)]
-    if not convs:
-        yield
-        return
-    sizes: dict[int, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: sizes.__setitem__(id(m), tuple(args[0].shape[-2:])))
-             for m in convs]
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        for h in hooks:
-            h.remove()
     for m in convs:
-        if id(m) in sizes:
-            m.forward = _fixed_pad_forward(m, sizes[id(m)])
+        m.forward = _fixed_pad_forward(m)
     try:
         yield
     finally:
@@ -187,12 +192,12 @@ def drop_empty_pad_values(model) -> None:
             del node.input[2]
 
 
-def _fixed_pad_forward(conv: nn.Conv2d, size: tuple[int, int]):
+def _fixed_pad_forward(conv: nn.Conv2d):
     from timm.layers.padding import pad_same_arg
 
-    pads = [int(p) for p in pad_same_arg(list(size), list(conv.weight.shape[-2:]), conv.stride, conv.dilation)]
-
     def forward(x: torch.Tensor) -> torch.Tensor:
+        size = [int(d) for d in x.shape[-2:]]  # Python ints: a trace records them as constants
+        pads = [int(p) for p in pad_same_arg(size, list(conv.weight.shape[-2:]), conv.stride, conv.dilation)]
         return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
     return forward
@@ -215,23 +220,13 @@ def onnx_cpu_runner(module: nn.Module, example: torch.Tensor, rtol: float = 1e-5
     """`module` (frozen, eval) exported for the example's shape and opened in onnxruntime on the CPU: a function
     numpy → numpy, or None if onnxruntime is missing, the export fails, or the graph disagrees with PyTorch on the
     example (same_values). Batch size is dynamic; the other dimensions are traced as they are in `example`."""
-    import io
-    import warnings
-
     import numpy as np
 
     try:
         import onnxruntime as ort
 
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), fixed_same_padding(module, example):
-            warnings.simplefilter("ignore")  # tracer chatter about python arithmetic on shapes
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["x"], output_names=["e"],
-                              dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
-        import onnx
-
-        graph = onnx.load_from_string(buffer.getvalue())
-        drop_empty_pad_values(graph)
+        graph = trace_onnx(module, example, input_names=["x"], output_names=["e"],
+                           dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
         session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])

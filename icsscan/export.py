@@ -7,18 +7,16 @@ Every export is checked with `onnx.checker` and against PyTorch on real images (
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
-from .backbones import drop_empty_pad_values, fixed_same_padding
+from .backbones import trace_onnx
 from .errors import ModelError
 from .runinfo import hash_json, now_iso
 
@@ -71,16 +69,11 @@ def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet:
     height = cfg.image_height if cfg.is_local else cfg.image_size
     example = torch.rand(2, cfg.channels, height, cfg.image_size)
     outputs = [OUTPUT_NAME, MAP_NAME] if cfg.is_local else [OUTPUT_NAME]
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), fixed_same_padding(scorer, example):
-        warnings.simplefilter("ignore")  # tracer chatter about python control flow on shapes (static here)
-        # dynamo=False: the TorchScript exporter, which needs no onnxscript and handles this graph fully
-        # (the "same" padding of the TF-style backbone is fixed for this input size: constant pads).
-        torch.onnx.export(scorer, (example,), buffer, input_names=[INPUT_NAME], output_names=outputs,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-                          opset_version=opset, dynamo=False)
-    model = onnx.load_from_string(buffer.getvalue())
-    drop_empty_pad_values(model)  # with the constant pads above, onnxruntime folds each Pad into its Conv
+    # the TorchScript exporter (no onnxscript needed) handles this graph fully; the TF-style backbone's "same"
+    # padding is fixed for this input size: constant pads, folded into the convolutions by onnxruntime
+    model = trace_onnx(scorer, example, input_names=[INPUT_NAME], output_names=outputs,
+                       dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                       opset_version=opset)
     for key, value in metadata_for(det, opset).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

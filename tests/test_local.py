@@ -410,24 +410,17 @@ def test_graph_check_accepts_rounding_and_rejects_a_wrong_graph():
 
 
 def test_export_traces_constant_pads_that_onnxruntime_folds():
-    """Within fixed_same_padding the TF "same" convolutions pad by constants: the traced graph has no
-    size arithmetic (Shape/Ceil) left, every Pad has only constant inputs (onnxruntime then folds it into its
-    Conv), the graph equals PyTorch, and after the block the network pads for any size again."""
-    import io
-
-    import onnx
+    """Traced by trace_onnx (within fixed_same_padding) the TF "same" convolutions pad by constants: the traced
+    graph has no size arithmetic (Shape/Ceil) left, every Pad has only constant inputs (onnxruntime then folds it
+    into its Conv), the graph equals PyTorch, and after the block the network pads for any size again."""
     import onnxruntime as ort
 
-    from icsscan.backbones import PatchFeatures, _Embed, drop_empty_pad_values, fixed_same_padding
+    from icsscan.backbones import PatchFeatures, _Embed, trace_onnx
 
     module = _Embed(PatchFeatures(pretrained=False)).eval()
     x = torch.rand(2, 1, 72, 88)
-    buffer = io.BytesIO()
-    with fixed_same_padding(module, x[:1]):
-        torch.onnx.export(module, (x[:1],), buffer, dynamo=False, input_names=["x"], output_names=["e"],
-                          dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
-    graph = onnx.load_from_string(buffer.getvalue())
-    drop_empty_pad_values(graph)
+    graph = trace_onnx(module, x[:1], input_names=["x"], output_names=["e"],
+                       dynamic_axes={"x": {0: "n"}, "e": {0: "n"}}, opset_version=17)
     ops = [n.op_type for n in graph.graph.node]
     pads = [n for n in graph.graph.node if n.op_type == "Pad"]
     assert pads and "Ceil" not in ops and all(len(n.input) == 2 for n in pads)
