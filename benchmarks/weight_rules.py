@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 import paper_eval as pe  # noqa: E402
 from embed_table1 import fused_logit  # noqa: E402
 
+from icsscan.local import label_free_weights  # noqa: E402
+
 PARTS = ("eknn", "eics", "ssim")
 RESULTS = HERE / "results"
 
@@ -69,14 +71,15 @@ def subsets_equal() -> list[dict[str, float]]:
 
 def rules(values: dict) -> dict[str, dict[str, float]]:
     """Every rule's weights for one cell, from `cal` and `syn` only."""
-    aucs = {p: synthetic_auc(values["cal"][p], values["syn"][p]) for p in PARTS}
+    found = label_free_weights({p: values["cal"][p] for p in PARTS}, {p: values["syn"][p] for p in PARTS})
+    product = {p: w for p, (w, _) in found.items()}  # the product's own rule, as the default calls it
+    aucs = {p: auc for p, (_, auc) in found.items()}
     best = max(aucs, key=aucs.get)
     candidates = subsets_equal()
     chosen = max(candidates, key=lambda w: fused_synthetic_auc(values, w))
-    product = power_rule(aucs, 2)
     chosen_or_product = max(candidates + [product], key=lambda w: fused_synthetic_auc(values, w))
     return {
-        "product: ∝ (2·AUC−1)²": power_rule(aucs, 2),
+        "product: ∝ (2·AUC−1)²": product,
         "equal": {p: 1 / 3 for p in PARTS},
         "∝ (2·AUC−1)⁴": power_rule(aucs, 4),
         "∝ (2·AUC−1)⁸": power_rule(aucs, 8),
