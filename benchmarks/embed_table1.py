@@ -14,6 +14,7 @@ Methods written (rows of the same format as table1_raw.csv, into table1_embed_ra
   icsscan_ssim           the split autoencoder's 1 − SSIM alone                                     [--with-ssim]
   icsscan_no_ssim        eknn+eics, label-free weights (the pretrained part alone)
   icsscan_no_ssim_equal  eknn+eics, equal weights
+  icsscan_no_eics        eknn+ssim, label-free weights (the default without its ICS part)               [--with-ssim]
   icsscan_eknn           kNN (k=2) distance of the embedding alone (DN2-like)
   icsscan_eics           the ICS head on embeddings alone (symmetric distance head)
   icsscan_eics_bce       the same head trained by the intra-class BCE alone (no closeness/dispersion: NNwICS)  [--ablation-seeds]
@@ -23,6 +24,7 @@ Methods written (rows of the same format as table1_raw.csv, into table1_embed_ra
 
     python benchmarks/embed_cache.py                       # once: every image's embedding (~7 min per digit set, ~10 for CIFAR, 1 thread)
     python benchmarks/embed_table1.py --datasets mnist --seeds 0 --ablation-seeds 0 --with-ssim
+    python benchmarks/embed_table1.py --from-dump DIR      # fused rows missing from --raw, from a --dump DIR run's scores
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb, calibration_holdout, weigh_without_labels
+    from icsscan.detector import array_to_rgb, calibration_holdout
     from icsscan.embed import fit_embedding, synthetic_anomalies
 
     torch.manual_seed(seed)
@@ -74,11 +76,6 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     with torch.no_grad():
         comp = {name: scorer.components_of(e) for name, e in (("cal", e_cal), ("syn", e_syn), ("test", e_test))}
     values = {k: {p: v.double().numpy() for p, v in c.items()} for k, c in comp.items()}
-    record: dict = {}
-    weights = weigh_without_labels(values["cal"], values["syn"], {"eknn": 0.5, "eics": 0.5}, record)
-    out = []
-    for method, w in (("icsscan_no_ssim", weights), ("icsscan_no_ssim_equal", {"eknn": 0.5, "eics": 0.5})):
-        out.append((method, fused_logit(values, w, cfg.rho), {"weights": w, **record}))
     if with_ssim:  # the split autoencoder's SSIM error beside the pretrained components (from scratch, per cell)
         from icsscan import data
         from icsscan.split import ssim_scores, train_autoencoder
@@ -93,12 +90,8 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
             for key, rgb in (("cal", array_to_rgb(images[cal_idx], side)), ("syn", synthetic_anomalies(base, donors, seed)),
                              ("test", array_to_rgb(ds.x_test, side))):
                 values[key]["ssim"] = 1.0 - ssim_scores(ae, tensor(rgb))
-        three: dict = {}
-        w3 = weigh_without_labels({p: values["cal"][p] for p in ("eknn", "eics", "ssim")},
-                                  {p: values["syn"][p] for p in ("eknn", "eics", "ssim")},
-                                  {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3}, three)
-        for method, w in (("icsscan", w3), ("icsscan_default_equal", {"eknn": 1 / 3, "eics": 1 / 3, "ssim": 1 / 3})):
-            out.append((method, fused_logit(values, w, cfg.rho), {"weights": w, **three}))
+    out = fused_rows(values, cfg.rho)
+    if with_ssim:
         out.append(("icsscan_ssim", values["test"]["ssim"], {}))
     if dump is not None:  # every component on held-out normals, synthetic anomalies and the test set, for
         dump.mkdir(parents=True, exist_ok=True)  # comparing weighting rules offline (weight_rules.py)
@@ -114,15 +107,44 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     return out
 
 
-def fused_logit(values: dict, weights: dict[str, float], rho: float) -> np.ndarray:
+FUSIONS = (  # method, its components, the equal-weight row of the same components (or None)
+    ("icsscan_no_ssim", ("eknn", "eics"), "icsscan_no_ssim_equal"),
+    ("icsscan", ("eknn", "eics", "ssim"), "icsscan_default_equal"),
+    ("icsscan_no_eics", ("eknn", "ssim"), None),
+)
+
+
+def fused_rows(values: dict, rho: float) -> list[tuple[str, np.ndarray, dict]]:
+    """Every fused method whose components `values` holds: weighted without labels as the product does
+    (detector.weigh_without_labels, ∝ (2·AUC − 1)^WHOLE_OBJECT_POWER, summed linearly), and with equal weights
+    (fixed weights: through the signed log, as the product does with --weights fixed)."""
+    from icsscan.detector import WHOLE_OBJECT_POWER, weigh_without_labels
+
+    out = []
+    for method, parts, equal_method in FUSIONS:
+        if not all(p in values["cal"] for p in parts):
+            continue
+        equal = {p: 1 / len(parts) for p in parts}
+        record: dict = {}
+        weights = weigh_without_labels({p: values["cal"][p] for p in parts}, {p: values["syn"][p] for p in parts},
+                                       equal, record, power=WHOLE_OBJECT_POWER)
+        out.append((method, fused_logit(values, weights, rho, compress=False), {"weights": weights, **record}))
+        if equal_method:
+            out.append((equal_method, fused_logit(values, equal, rho), {"weights": equal, **record}))
+    return out
+
+
+def fused_logit(values: dict, weights: dict[str, float], rho: float, compress: bool = True) -> np.ndarray:
     """The test set's fused score before the sigmoid, with centres and spreads from the held-out normals: the
-    same ranking as AnomalyScorer's output, without ties where the sigmoid saturates in float32."""
+    same ranking as AnomalyScorer's output, without ties where the sigmoid saturates in float32. compress: the
+    signed log before the sum, as the product does with fixed weights (label-free weights: a linear sum)."""
     from icsscan.detector import standardise_and_offset
     from icsscan.models import signed_log1p
     import torch
 
-    fusion = standardise_and_offset({p: values["cal"][p] for p in weights}, weights, rho)
-    return sum(w * signed_log1p(torch.from_numpy((values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
+    squash = signed_log1p if compress else (lambda t: t)
+    fusion = standardise_and_offset({p: values["cal"][p] for p in weights}, weights, rho, compress)
+    return sum(w * squash(torch.from_numpy((values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
                for p, w in weights.items())
 
 
@@ -160,12 +182,18 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="also save each cell's component scores (held-out normals, "
                     "synthetic anomalies, test set) as DIR/<dataset>-<class>-s<seed>.npz")
     ap.add_argument("--skip-ocsvm", action="store_true", help="do not compute the ImageNet_OCSVM rows")
+    ap.add_argument("--from-dump", type=Path, metavar="DIR", help="no fitting: write the fused rows (FUSIONS) "
+                    "missing from --raw, from the component scores a run saved with --dump DIR")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     done = {(r["dataset"], r["class_index"], r["method"], r["seed"]) for r in read_rows(args.raw)}
     writer = RawWriter(args.raw)
+    if args.from_dump:
+        rows_from_dump(args.from_dump, args.size, done, writer)
+        writer.close()
+        return
     session = embed_cache.session_for(args.size, args.threads)
     machine = json.dumps({"platform": platform.platform(), "cpu_count": os.cpu_count()})
     for name in args.datasets.split(","):
@@ -199,11 +227,35 @@ def main() -> None:
                     writer.write({**base, "method": method, "seed": seed, "auc": f"{auc:.4f}",
                                   "iterations": "300 (ICS on embeddings)", "seconds": f"{seconds:.1f}",
                                   "config": json.dumps({"size": args.size, "machine": machine, **extra}, default=float),
-                                  "config_hash": pe.digest([method, args.size, "v1"]), "note": "",
+                                  "config_hash": pe.digest([method, args.size, "v2"]), "note": "",
                                   "finished_utc": stamp})
                 print(name, cls, seed, " ".join(f"{m}={pe.auc_percent(ds.y_test, cls, s):.1f}" for m, s, _ in rows),
                       flush=True)
     writer.close()
+
+
+def rows_from_dump(directory: Path, size: int, done: set, writer) -> None:
+    """Fused rows computed from dumped component scores (the same fitted components as the run that dumped
+    them), for the methods and cells that have none yet."""
+    from weight_rules import load_cell
+
+    datasets: dict = {}
+    for path in sorted(directory.glob("*.npz")):
+        name, cls, seed = path.stem.rsplit("-", 2)
+        if name not in datasets:
+            datasets[name] = pe.load_dataset(name)
+        ds, cls, seed = datasets[name], int(cls), int(seed[1:])
+        for method, scores, extra in fused_rows(load_cell(path), 0.1):
+            if (name, str(cls), method, str(seed)) in done:
+                continue
+            writer.write({"dataset": name, "class_index": cls, "class_name": pe.CLASS_NAMES[name][cls],
+                          "device": "cpu", "data_source": ds.source, "threads": "", "rho": "", "method": method,
+                          "seed": seed, "auc": f"{pe.auc_percent(ds.y_test, cls, scores):.4f}",
+                          "iterations": "300 (ICS on embeddings)", "seconds": "",
+                          "config": json.dumps({"size": size, **extra}, default=float),
+                          "config_hash": pe.digest([method, size, "v2"]),
+                          "note": f"from the component scores dumped by the run ({path.name})",
+                          "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 if __name__ == "__main__":

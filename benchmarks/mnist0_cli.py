@@ -74,6 +74,7 @@ def main() -> None:
         "scan_wall_s": round(scan_s, 1), "scan_images_per_s": summary["timings"]["images_per_s"],
         "auc": round(float(auc), 4),
         "flagged_at_0.5": summary["counts"]["anomalies"],
+        "fusion": meta.get("fusion"),  # the label-free weights and each component's synthetic AUC
         "config": meta["config"], "machine": machine(), "load_avg_1m_at_end": os.getloadavg()[0],
         "versions": versions(), "date": now_iso(),
     }

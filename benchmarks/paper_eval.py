@@ -140,7 +140,7 @@ ALL_METHODS = ("icsscan", "icsscan_small", "icsscan_ics") + METHODS[1:-1]   # re
 # cached embeddings): eknn+eics with label-free weights. The earlier default (from-scratch networks, score
 # ics+ssim+rot*0.7+maha*2, what `--backbone small` trains) is reported as icsscan_small; its by-products below
 # (icsscan_ics, icsscan_rot, ...) belong to it.
-PRETRAINED_ABLATION = ("icsscan", "icsscan_default_equal", "icsscan_no_ssim", "icsscan_no_ssim_equal", "icsscan_ssim",
+PRETRAINED_ABLATION = ("icsscan", "icsscan_default_equal", "icsscan_no_eics", "icsscan_no_ssim", "icsscan_no_ssim_equal", "icsscan_ssim",
                        "icsscan_eknn", "icsscan_eics", "icsscan_eics_bce", "icsscan_eics_paper", "ImageNet_OCSVM")
 # Diagnostic rows written by each icsscan cell (same models, no extra training): one component alone, or the
 # fused score without one component. Reported in the ablation section, compared with the paper's ICS.

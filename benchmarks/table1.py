@@ -553,7 +553,8 @@ def write_markdown(table: list[dict], raw_rows: list[dict], path: Path) -> None:
               "distance, ρ = 10 %, 300 steps of closeness / intra-class / dispersion with a symmetric distance head) "
               "and `ssim` (1 − SSIM of the split autoencoder, trained per cell from scratch, 8 epochs), "
               "weighted without labels by how well each separates the held-out normals from synthetic anomalies made "
-              "from them (`embed.synthetic_anomalies`) — `embed_table1.py`, the library's own fitting code.",
+              "from them (`embed.synthetic_anomalies`; weights ∝ (2·AUC − 1)⁸, the standardised components summed "
+              "linearly) — `embed_table1.py`, the library's own fitting code.",
               "- **icsscan_small** (the previous default; `--backbone small`): `ICSDetector(preset=\"default\", "
               "seed=s).fit(train)` with score `ics+ssim+rot*0.7+maha*2` on the test "
               "set — the CLI's code path (10 % of the training images held out for score calibration; 200 ICS "
@@ -672,8 +673,9 @@ def ablation_lines(table: list[dict], results: Path) -> list[str]:
 
 def pretrained_lines(cells: dict) -> list[str]:
     """Per-dataset means of the pretrained whole-object default and its parts (embed_table1.py)."""
-    what = {"icsscan": "**icsscan** default: eknn+eics+ssim, label-free weights",
-            "icsscan_default_equal": "the same three, equal weights",
+    what = {"icsscan": "**icsscan** default: eknn+eics+ssim, label-free weights (∝ (2·AUC − 1)⁸, linear sum)",
+            "icsscan_default_equal": "the same three, equal weights (through the signed log)",
+            "icsscan_no_eics": "eknn+ssim (the default without its ICS part), label-free weights",
             "icsscan_no_ssim": "eknn+eics (the pretrained part alone), label-free weights",
             "icsscan_no_ssim_equal": "eknn+eics, equal weights",
             "icsscan_ssim": "ssim alone (split autoencoder, from scratch)",

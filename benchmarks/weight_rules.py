@@ -1,17 +1,18 @@
 """Label-free weighting rules for the whole-object components, compared offline on dumped component scores.
 
 Issue 17 asks the default to weigh its components (eknn, eics, ssim) from normal images alone. The rule in the
-product (`detector.weigh_without_labels`: weight ∝ (2·AUC − 1)², the AUC of each component on held-out normals
-vs synthetic anomalies made from them) gives near-equal weights on the digit sets. This script replays other
-rules on the *same* fitted components, so that only the rule differs: each cell's scores on held-out normals
+product (`detector.weigh_without_labels`: weight ∝ (2·AUC − 1)^8, the AUC of each component on held-out normals
+vs synthetic anomalies made from them, the standardised components summed linearly) was chosen here; until
+2026-12-02 it was ∝ (2·AUC − 1)² through a signed log, near-equal weights on the digit sets. This script replays
+the rules on the *same* fitted components, so that only the rule differs: each cell's scores on held-out normals
 (`cal`), synthetic anomalies (`syn`) and the test set, dumped by
 
     python benchmarks/embed_table1.py --datasets fashion_mnist,mnist --seeds 0 --ablation-seeds 99 \
         --with-ssim --skip-ocsvm --raw /tmp/study_raw.csv --dump benchmarks/.cache/components_embed
 
 Every rule sees only `cal` and `syn` (no test labels); the test labels only score the result. Fusion as in the
-product: each component standardised on the held-out normals (robust centre and spread), signed log1p, weighted
-sum (embed_table1.fused_logit).
+product: each component standardised on the held-out normals (robust centre and spread), through a signed log
+or not, weighted sum (embed_table1.fused_logit).
 
     python benchmarks/weight_rules.py --dump benchmarks/.cache/components_embed
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 import paper_eval as pe  # noqa: E402
 from embed_table1 import fused_logit  # noqa: E402
 
+from icsscan.detector import WHOLE_OBJECT_POWER  # noqa: E402
 from icsscan.local import label_free_weights  # noqa: E402
 
 PARTS = ("eknn", "eics", "ssim")
@@ -69,25 +71,40 @@ def subsets_equal() -> list[dict[str, float]]:
     return out
 
 
-def rules(values: dict) -> dict[str, dict[str, float]]:
-    """Every rule's weights for one cell, from `cal` and `syn` only."""
-    found = label_free_weights({p: values["cal"][p] for p in PARTS}, {p: values["syn"][p] for p in PARTS})
+def rules(values: dict) -> dict[str, tuple[dict[str, float], bool]]:
+    """Every rule's (weights, signed log before the sum?) for one cell, from `cal` and `syn` only."""
+    found = label_free_weights({p: values["cal"][p] for p in PARTS}, {p: values["syn"][p] for p in PARTS},
+                               WHOLE_OBJECT_POWER)
     product = {p: w for p, (w, _) in found.items()}  # the product's own rule, as the default calls it
     aucs = {p: auc for p, (_, auc) in found.items()}
+    square = power_rule(aucs, 2)  # the product's rule before 2026-12-02
     best = max(aucs, key=aucs.get)
     candidates = subsets_equal()
     chosen = max(candidates, key=lambda w: fused_synthetic_auc(values, w))
-    chosen_or_product = max(candidates + [product], key=lambda w: fused_synthetic_auc(values, w))
+    chosen_or_square = max(candidates + [square], key=lambda w: fused_synthetic_auc(values, w))
     return {
-        "product: ∝ (2·AUC−1)²": product,
-        "equal": {p: 1 / 3 for p in PARTS},
-        "∝ (2·AUC−1)⁴": power_rule(aucs, 4),
-        "∝ (2·AUC−1)⁸": power_rule(aucs, 8),
-        "best component alone (by synthetic AUC)": {p: float(p == best) for p in PARTS},
-        "equal-weight subset with the best fused synthetic AUC": chosen,
-        "the same, the product's weights a candidate too": chosen_or_product,
-        "(reference) eknn alone": {"eknn": 1.0, "eics": 0.0, "ssim": 0.0},
+        f"product: ∝ (2·AUC−1)^{WHOLE_OBJECT_POWER:g}, linear sum": (product, False),
+        "∝ (2·AUC−1)², signed log (the product until 2026-12-02)": (square, True),
+        "∝ (2·AUC−1)², linear sum": (square, False),
+        "equal, signed log": ({p: 1 / 3 for p in PARTS}, True),
+        "equal, linear sum": ({p: 1 / 3 for p in PARTS}, False),
+        "∝ (2·AUC−1)⁴, signed log": (power_rule(aucs, 4), True),
+        "∝ (2·AUC−1)⁸, signed log": (power_rule(aucs, 8), True),
+        "∝ (2·AUC−1)¹⁶, linear sum": (power_rule(aucs, 16), False),
+        "best component alone (by synthetic AUC)": ({p: float(p == best) for p in PARTS}, True),
+        "equal-weight subset with the best fused synthetic AUC, signed log": (chosen, True),
+        "the same, the (2·AUC−1)² weights a candidate too": (chosen_or_square, True),
+        "(reference) eknn alone": ({"eknn": 1.0, "eics": 0.0, "ssim": 0.0}, True),
+        **{f"(ablation) the product's rule without {gone}": (without(values, gone), False) for gone in PARTS},
     }
+
+
+def without(values: dict, gone: str) -> dict[str, float]:
+    """The product's rule on the other two components: what `gone` adds to the default."""
+    kept = [p for p in PARTS if p != gone]
+    found = label_free_weights({p: values["cal"][p] for p in kept}, {p: values["syn"][p] for p in kept},
+                               WHOLE_OBJECT_POWER)
+    return {p: (found[p][0] if p in found else 0.0) for p in PARTS}
 
 
 def load_cell(path: Path) -> dict:
@@ -110,9 +127,9 @@ def main() -> None:
         if name not in labels:
             labels[name] = pe.load_dataset(name).y_test
         values = load_cell(path)
-        for rule, w in rules(values).items():
+        for rule, (w, compress) in rules(values).items():
             live = {p: v for p, v in w.items() if v > 0}
-            auc = pe.auc_percent(labels[name], int(cls), fused_logit(values, live, 0.1))
+            auc = pe.auc_percent(labels[name], int(cls), fused_logit(values, live, 0.1, compress))
             rows.append({"dataset": name, "class": int(cls), "seed": seed[1:], "rule": rule, "auc": round(auc, 2),
                          **{f"w_{p}": round(w[p], 3) for p in PARTS}})
         print(name, cls, seed, flush=True)

@@ -137,7 +137,9 @@ class ICSConfig:
     embed_batch: int = 128         # embeddings per step (each pair loss sees batch² pairs)
     global_weights: str = "auto"   # like local_weights, for a global model's fusion, with whole-object synthetic
                                    # anomalies (embed.synthetic_anomalies); auto: synthetic when the score has
-                                   # pretrained components, else fixed (the from-scratch recipe's measured weights)
+                                   # pretrained components, else fixed (the from-scratch recipe's measured weights).
+                                   # synthetic: ∝ (2·AUC − 1)⁸, summed linearly; fixed: through a signed log
+                                   # (detector.standardise_and_offset, benchmarks/results/weight_rules.md)
     calibration_fraction: float = 0.1
     # run
     seed: int = 0

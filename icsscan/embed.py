@@ -13,8 +13,8 @@ images then only have to say where "normal" lies in its embedding:
            with closeness / intra-class / dispersion on the training embeddings split into typical and
            atypical by their leave-one-out kNN distance (the ρ least typical normals are atypical), with a
            symmetric distance head (the paper's antisymmetric one keeps both pair losses at ln 2)
-  → standardised on held-out normals, signed-log compressed, weighted (weights from normal images alone:
-    how well each separates held-out normals from synthetic anomalies) → sigmoid, 0.5 at the (1 − ρ) quantile.
+  → standardised on held-out normals, summed with weights from normal images alone (∝ (2·AUC − 1)⁸ of how
+    well each separates held-out normals from synthetic anomalies) → sigmoid, 0.5 at the (1 − ρ) quantile.
 """
 from __future__ import annotations
 

@@ -603,11 +603,12 @@ def synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int,
     return out
 
 
-def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],
+                       power: float = 2) -> dict[str, tuple[float, float]]:
     """Each component's (weight, AUC) from how well it tells held-out normals from their synthetic-defect copies.
 
-    weight ∝ (2·AUC − 1)² (0 at chance; a component that cannot see the defects a user cares about gets no say),
-    normalised to sum to 1; if no component beats chance, equal weights.
+    weight ∝ (2·AUC − 1)^power (0 at chance; a component that cannot see the defects a user cares about gets no
+    say), normalised to sum to 1; if no component beats chance, equal weights.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -615,7 +616,7 @@ def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.nd
     for part in normal:
         y = np.r_[np.zeros(len(normal[part])), np.ones(len(synthetic[part]))]
         auc = float(roc_auc_score(y, np.r_[normal[part], synthetic[part]]))
-        out[part] = (max(0.0, 2 * auc - 1) ** 2, auc)
+        out[part] = (max(0.0, 2 * auc - 1) ** power, auc)
     total = sum(w for w, _ in out.values())
     if total <= 0:
         return {p: (1 / len(out), auc) for p, (_, auc) in out.items()}

@@ -63,6 +63,7 @@ def test_every_component_and_the_fusion_beat_chance(sevens_model):
     # fusion = the weighted average (default ics 1, ssim 1, rot 0.7, maha 2) of the standardised,
     # signed-log-compressed components, through the sigmoid
     f = det.fusion_dict()
+    assert f["compress"] == 1.0  # fixed weights: the signed log
     weights = {"ics": 1.0, "ssim": 1.0, "rot": 0.7, "maha": 2.0}
     assert all(np.isclose(f[f"{p}_weight"], weights[p] / 4.7) for p in parts)
     z = {p: (parts[p] - f[f"{p}_center"]) / f[f"{p}_scale"] for p in parts}

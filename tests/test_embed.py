@@ -151,8 +151,27 @@ def test_default_whole_object_model_trains_only_what_it_reads(tmp_path):
     assert "train_s" not in det.timings_ and "split_s" in det.timings_ and "embed_s" in det.timings_
     fusion = det.fusion_dict()
     assert {"eknn_synthetic_auc", "eics_synthetic_auc", "ssim_synthetic_auc"} <= set(fusion)
+    # label-free weights ∝ (2·AUC − 1)⁸ of each component on held-out normals vs synthetic anomalies, summed
+    # linearly (no signed log): the held-out normals' scores are exactly that sum through the sigmoid
+    sharp = {p: max(0.0, 2 * fusion[f"{p}_synthetic_auc"] - 1) ** 8 for p in ("eknn", "eics", "ssim")}
+    assert all(np.isclose(fusion[f"{p}_weight"], w / sum(sharp.values())) for p, w in sharp.items()), fusion
+    assert fusion["compress"] == 0.0 and not det.scorer_.compress
+    from icsscan.data import load_images
+
+    files = sorted((SAMPLE / "incoming").iterdir())[:10]
+    x = det._tensor(load_images(files, det.image_size_).images, torch.device("cpu"))
+    with torch.no_grad():
+        parts = {p: v.double().numpy() for p, v in det.scorer_.components(x).items()}
+    z = sum(fusion[f"{p}_weight"] * (v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"] for p, v in parts.items())
+    np.testing.assert_allclose(det.score_samples(files), 1 / (1 + np.exp(-(z - fusion["offset"]))), atol=1e-5)
     det.save(tmp_path / "m")
     assert (tmp_path / "m" / "split.csv").is_file() and (tmp_path / "m" / "embed.pt").is_file()
     again = ICSDetector.load(tmp_path / "m")
-    files = sorted((SAMPLE / "incoming").iterdir())[:10]
+    assert not again.scorer_.compress
     np.testing.assert_allclose(again.score_samples(files), det.score_samples(files), atol=1e-6)
+    # a bundle written before the key fused with the signed log, and still does
+    meta_path = tmp_path / "m" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fusion"]["compress"]
+    meta_path.write_text(json.dumps(meta))
+    assert ICSDetector.load(tmp_path / "m").scorer_.compress
