@@ -21,8 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import paper_eval as pe  # noqa: E402
-from embed_table1 import SYNTHETIC_MAX, fused_rows  # noqa: E402
-from weight_rules import load_cell  # noqa: E402
+from embed_table1 import cell_split, fused_rows, load_cell  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
 
     from icsscan import data
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb, calibration_holdout
+    from icsscan.detector import array_to_rgb
     from icsscan.embed import synthetic_anomalies
     from icsscan.split import ssim_scores, train_autoencoder
 
@@ -48,11 +47,8 @@ def main() -> None:
     for cls in range(10):
         values = load_cell(args.dump / f"{args.dataset}-{cls}-s{seed}.npz")
         cfg = preset_config("default", seed=seed)
-        idx = np.flatnonzero(ds.y_train == cls)
-        fit_idx, cal_idx = calibration_holdout(len(idx), cfg.calibration_fraction, seed)
-        images = ds.x_train[idx]
+        _, fit_idx, cal_idx, images, base, donors = cell_split(ds, cls, seed, cfg.calibration_fraction)
         side, channels = images.shape[1], 1 if images.ndim == 3 else 3
-        base, donors = array_to_rgb(images[cal_idx[:SYNTHETIC_MAX]], side), array_to_rgb(images[fit_idx[:256]], side)
 
         def tensor(rgb):
             return torch.from_numpy(data.to_channels(rgb, channels))

@@ -39,8 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import embed_cache  # noqa: E402
 import paper_eval as pe  # noqa: E402
-from embed_table1 import SYNTHETIC_MAX, fused_logit  # noqa: E402
-from weight_rules import load_cell  # noqa: E402
+from embed_table1 import cell_split, fused_logit, load_cell  # noqa: E402
 
 RESULTS = HERE / "results"
 TRAIN_SYNTHETIC = 1024  # synthetic anomalies of training images, the head's atypical set
@@ -59,17 +58,14 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb, calibration_holdout
+    from icsscan.detector import array_to_rgb
     from icsscan.embed import synthetic_anomalies
     from icsscan.local import PatchICSHead, train_patch_ics
 
     cfg = preset_config("default", seed=seed, embed_size=size)
-    idx = np.flatnonzero(ds.y_train == cls)
-    fit_idx, cal_idx = calibration_holdout(len(idx), cfg.calibration_fraction, seed)
-    images = ds.x_train[idx]
+    idx, fit_idx, cal_idx, images, base, donors = cell_split(ds, cls, seed, cfg.calibration_fraction)
     side = images.shape[1]
     e_fit = torch.from_numpy(cache["train"][idx[fit_idx]])
-    donors = array_to_rgb(images[fit_idx[:256]], side)
     rng = np.random.default_rng(seed + 7919)  # another draw than the weights' (seed) and of other images
     pick = rng.choice(len(fit_idx), min(TRAIN_SYNTHETIC, len(fit_idx)), replace=False)
     made = synthetic_anomalies(array_to_rgb(images[fit_idx[pick]], side), donors, seed + 7919)
@@ -79,7 +75,6 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
     head = PatchICSHead(train.shape[1])
     train_patch_ics(head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, seed)
     head.eval()
-    base = array_to_rgb(images[cal_idx[:SYNTHETIC_MAX]], side)
     e_syn = torch.from_numpy(embed_cache.embed_array(session, synthetic_anomalies(base, donors, seed), size))
     e_cal = torch.from_numpy(cache["train"][idx[cal_idx]])
     with torch.no_grad():

@@ -51,25 +51,47 @@ RAW = RESULTS / "table1_embed_raw.csv"
 SYNTHETIC_MAX = 256  # held-out normals given a synthetic anomaly (as icsscan.detector does)
 
 
+def cell_split(ds, cls: int, seed: int, calibration_fraction: float):
+    """One cell's images as the library splits them: (class indices into the training set, fit and held-out
+    positions within them, the class's images, held-out normals given a synthetic anomaly (RGB), their donors)."""
+    from icsscan.detector import array_to_rgb, calibration_holdout
+
+    idx = np.flatnonzero(ds.y_train == cls)
+    fit_idx, cal_idx = calibration_holdout(len(idx), calibration_fraction, seed)
+    images = ds.x_train[idx]
+    side = images.shape[1]
+    base = array_to_rgb(images[cal_idx[:SYNTHETIC_MAX]], side)
+    donors = array_to_rgb(images[fit_idx[:256]], side)
+    return idx, fit_idx, cal_idx, images, base, donors
+
+
+def load_cell(path: Path) -> dict:
+    """A cell's component scores as dumped by --dump: {"cal"|"syn"|"test": {part: float64 array}}."""
+    from collections import defaultdict
+
+    values: dict = defaultdict(dict)
+    with np.load(path) as f:
+        for key in f.files:
+            where, part = key.split("__")
+            values[where][part] = f[key].astype(np.float64)
+    return values
+
+
 def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation: bool,
               with_ssim: bool = False, dump: Path | None = None) -> list[tuple[str, np.ndarray, dict]]:
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb, calibration_holdout
+    from icsscan.detector import array_to_rgb
     from icsscan.embed import fit_embedding, synthetic_anomalies
 
     torch.manual_seed(seed)
     cfg = preset_config("default", seed=seed, embed_size=size, score="eknn+eics", global_weights="synthetic")
-    idx = np.flatnonzero(ds.y_train == cls)
-    fit_idx, cal_idx = calibration_holdout(len(idx), cfg.calibration_fraction, seed)
+    idx, fit_idx, cal_idx, images, base, donors = cell_split(ds, cls, seed, cfg.calibration_fraction)
+    side = images.shape[1]
     e_fit = torch.from_numpy(cache["train"][idx[fit_idx]])
     e_cal = torch.from_numpy(cache["train"][idx[cal_idx]])
     e_test = torch.from_numpy(cache["test"])
-    images = ds.x_train[idx]
-    side = images.shape[1]
-    base = array_to_rgb(images[cal_idx[:SYNTHETIC_MAX]], side)
-    donors = array_to_rgb(images[fit_idx[:256]], side)
     e_syn = torch.from_numpy(embed_cache.embed_array(session, synthetic_anomalies(base, donors, seed), size))
 
     scorer, info = fit_embedding(e_fit, cfg, ("eknn", "eics"))
@@ -138,14 +160,10 @@ def fused_logit(values: dict, weights: dict[str, float], rho: float, compress: b
     """The test set's fused score before the sigmoid, with centres and spreads from the held-out normals: the
     same ranking as AnomalyScorer's output, without ties where the sigmoid saturates in float32. compress: the
     signed log before the sum, as the product does with fixed weights (label-free weights: a linear sum)."""
-    from icsscan.detector import standardise_and_offset
-    from icsscan.models import signed_log1p
-    import torch
+    from icsscan.detector import fused_sum, standardise_and_offset
 
-    squash = signed_log1p if compress else (lambda t: t)
     fusion = standardise_and_offset({p: values["cal"][p] for p in weights}, weights, rho, compress)
-    return sum(w * squash(torch.from_numpy((values["test"][p] - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
-               for p, w in weights.items())
+    return fused_sum({p: values["test"][p] for p in weights}, fusion, compress)
 
 
 def fit_embedding_variant(e_fit, cfg, kwargs):
@@ -237,8 +255,6 @@ def main() -> None:
 def rows_from_dump(directory: Path, size: int, done: set, writer) -> None:
     """Fused rows computed from dumped component scores (the same fitted components as the run that dumped
     them), for the methods and cells that have none yet."""
-    from weight_rules import load_cell
-
     datasets: dict = {}
     for path in sorted(directory.glob("*.npz")):
         name, cls, seed = path.stem.rsplit("-", 2)

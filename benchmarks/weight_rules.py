@@ -24,7 +24,6 @@ import argparse
 import csv
 import itertools
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import paper_eval as pe  # noqa: E402
-from embed_table1 import fused_logit  # noqa: E402
+from embed_table1 import fused_logit, load_cell  # noqa: E402
 
 from icsscan.detector import WHOLE_OBJECT_POWER  # noqa: E402
 from icsscan.local import label_free_weights  # noqa: E402
@@ -105,15 +104,6 @@ def without(values: dict, gone: str) -> dict[str, float]:
     found = label_free_weights({p: values["cal"][p] for p in kept}, {p: values["syn"][p] for p in kept},
                                WHOLE_OBJECT_POWER)
     return {p: (found[p][0] if p in found else 0.0) for p in PARTS}
-
-
-def load_cell(path: Path) -> dict:
-    values: dict = defaultdict(dict)
-    with np.load(path) as f:
-        for key in f.files:
-            where, part = key.split("__")
-            values[where][part] = f[key].astype(np.float64)
-    return values
 
 
 def main() -> None:

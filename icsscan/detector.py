@@ -1023,14 +1023,19 @@ def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, flo
     full. On the same fitted components of all 150 Table-1 cells (benchmarks/weight_rules.md), CIFAR-10 /
     F-MNIST / MNIST: signed log 91.01 / 95.06 / 98.86, linear 91.01 / 95.15 / 99.02."""
     fusion: dict[str, float] = {}
-    z = 0.0
-    squash = signed_log1p if compress else (lambda t: t)
     for part, v in values.items():
         center, scale = robust_center_scale(v)
         fusion[f"{part}_center"], fusion[f"{part}_scale"], fusion[f"{part}_weight"] = center, scale, weights[part]
-        z = z + weights[part] * squash(torch.from_numpy((v - center) / scale)).numpy()
+    z = fused_sum(values, fusion, compress)
     fusion["offset"] = float(np.quantile(np.asarray(z, dtype=np.float64), 1 - rho))
     return fusion
+
+
+def fused_sum(values: dict[str, np.ndarray], fusion: dict[str, float], compress: bool) -> np.ndarray:
+    """AnomalyScorer.fused_z in NumPy: Σ weight · [signed log of] (value − centre) / spread over `values`' parts."""
+    squash = signed_log1p if compress else (lambda t: t)
+    return sum(fusion[f"{p}_weight"] * squash(torch.from_numpy((v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
+               for p, v in values.items())
 
 
 @torch.no_grad()
