@@ -25,6 +25,23 @@ def peak(anomaly_map: np.ndarray, image_wh: tuple[int, int]) -> tuple[int, int]:
     return int(min(image_wh[0] - 1, x)), int(min(image_wh[1] - 1, y))
 
 
+def upsample(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """The map resized to `size_wh` = (width, height) with bilinear interpolation, as float32 (height, width).
+
+    The map covers the whole image, so this puts one value on every pixel of an image of that size (overlays at
+    the original size, pixel-level scoring against masks). NaN → the map's lowest finite value, ±inf → its finite
+    extremes, so one bad cell cannot smear over its neighbours. Pillow mode "F" (no torch, no SciPy)."""
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"anomaly map must be 2-D, got shape {values.shape}")
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    width, height = int(size_wh[0]), int(size_wh[1])
+    resized = Image.fromarray(np.ascontiguousarray(values), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
 def _colour_table(steps: int = 256) -> tuple[list[int], list[int]]:
     """A 256-entry palette (flat RGB list) and alpha table (0–255) for levels t = 0 … 1 of MAP_RANGE.
 

@@ -380,6 +380,20 @@ def test_overlay_colours_only_the_unusual_locations():
     assert peak(hot, (64, 64)) == (44, 44)  # the first hottest cell's centre, not the NaN at (0, 0)
 
 
+def test_upsample_puts_one_map_value_on_every_pixel():
+    """maps.upsample: bilinear to (width, height), float32, the cells' values at their centres, no NaN out."""
+    from icsscan.maps import upsample
+
+    m = np.arange(12, dtype=np.float32).reshape(3, 4)
+    up = upsample(m, (40, 30))
+    assert up.shape == (30, 40) and up.dtype == np.float32
+    assert up[0, 0] == pytest.approx(0.0) and up[29, 39] == pytest.approx(11.0)  # corners: the corner cells
+    assert up[15, 20] == pytest.approx(5.75, abs=0.01)  # the middle: between cells 5, 6, 9, 10
+    assert 0.0 <= up.min() and up.max() <= 11.0
+    m[1, 1] = np.nan
+    assert np.isfinite(upsample(m, (7, 5))).all()
+
+
 def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
     """scan --maps: one complete PNG per flagged image (drawn in a writer thread), the top maps kept, and a
     write that fails is raised by close(), not lost."""
