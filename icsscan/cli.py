@@ -234,10 +234,11 @@ def train(
         with progress(det):
             det.fit(folder, split=split_csv)
         from .plots import save_loss_curve
+        from .thresholds import DEFAULT_THRESHOLD, false_alarm_rate
 
         det.save(out, extra_files={"loss_curve.png": lambda p: save_loss_curve(det.train_log_, p)})
         cal = det.calibration_scores_
-        rate = f"{(cal >= 0.5).mean():.1%}" if len(cal) else "unknown (no calibration)"
+        rate = f"{false_alarm_rate(cal, DEFAULT_THRESHOLD):.1%}" if len(cal) else "unknown (no calibration)"
         typer.echo(f"train: model bundle written to {out} ({det.n_train_} training + {det.n_calibration_} calibration "
                    f"images, {det.timings_['total_s']:.1f} s). At --threshold 0.5, {rate} of held-out normal "
                    f"images are flagged; use `icsscan scan DIR --model {out} --false-alarm-rate 0.01` for a 1% rate.")
@@ -364,15 +365,14 @@ def install_maps(spool: Path, target: Path) -> None:
 
 def start_partial(out: Path, model_sha256: str, folder: Path, resume: bool):
     """Open --out's partial-results file (rows of an interrupted scan kept with --resume, else started afresh)."""
-    from .report import MARKER
+    from .report import mark_report_folder
     from .resume import PartialWriter, read_partial
 
     done = read_partial(out, model_sha256, folder) if resume else {}
     if resume and not done:
         typer.echo(f"icsscan: --resume: no partial scan in {out}; scanning every file", err=True)
     if not out.exists() or not any(out.iterdir()):  # a folder we create is ours, even if the scan stops here
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
+        mark_report_folder(out)
     return PartialWriter(out, model_sha256, folder, done)
 
 

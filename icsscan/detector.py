@@ -30,6 +30,7 @@ from .files import NO_SPACE, OutputError, default_mode
 from .models import ConvAutoencoder, ICSClassifier, rotations4, signed_log1p
 from .runinfo import hash_json, hash_strings, now_iso, versions, write_json_atomic
 from .split import gaussian_window, n_atypical, split_by_ssim, ssim_per_image, ssim_scores, train_autoencoder
+from .thresholds import DEFAULT_THRESHOLD, false_alarm_rate, percentile_of, threshold_for_rate
 from .train import train_ics
 
 MIN_IMAGES = 20
@@ -377,7 +378,7 @@ class ICSDetector:
                 self.calibration_scores_ = np.sort(torch.sigmoid(z - self.scorer_.offset).double().cpu().numpy())
         else:
             self.calibration_scores_ = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
-        self.threshold_ = 0.5
+        self.threshold_ = DEFAULT_THRESHOLD
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = fit_paths
         self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
@@ -456,7 +457,7 @@ class ICSDetector:
         self.calibration_scores_ = np.sort(scores_from_components(scorer, values, maps)) if len(cal_idx) else np.zeros(0)
         self.classifier_ = self.autoencoder_ = None
         self.fusion_ = fusion
-        self.threshold_ = 0.5
+        self.threshold_ = DEFAULT_THRESHOLD
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = [loaded.paths[i] for i in fit_idx]
         del images, reference, synthetic
@@ -529,8 +530,6 @@ class ICSDetector:
 
     def normal_percentile(self, scores: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        from .scan import percentile_of  # the scanner's definition, so library and CLI report the same numbers
-
         return np.array(percentile_of(np.asarray(scores, dtype=float).tolist(), self.calibration_scores_), dtype=float)
 
     def threshold_for_false_alarm_rate(self, rate: float) -> float:
@@ -653,7 +652,7 @@ class ICSDetector:
             "n": int(len(scores)),
             "scores": [round(float(s), 7) for s in scores],
             "quantiles": {str(q): float(np.quantile(scores, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)} if len(scores) else {},
-            "fraction_above_0.5": float(np.mean(scores >= 0.5)) if len(scores) else None,
+            "fraction_above_0.5": false_alarm_rate(scores, DEFAULT_THRESHOLD),
             "score": self.config_.score,
             "rho": self.config_.rho,
         }
@@ -699,7 +698,7 @@ class ICSDetector:
                 det._load_local(directory, meta, dev)
             else:
                 det._load_global(directory, meta, dev)
-            det.threshold_ = float(meta.get("threshold", 0.5))
+            det.threshold_ = float(meta.get("threshold", DEFAULT_THRESHOLD))
             if not np.isfinite(det.threshold_):
                 raise ValueError(f"threshold {det.threshold_}")
         except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
@@ -1049,15 +1048,6 @@ def rotation_accuracy(classifier: ICSClassifier, images: torch.Tensor) -> float:
         hits += int((logits.argmax(1) == truth).sum())
         n += len(truth)
     return hits / max(n, 1)
-
-
-def threshold_for_rate(calibration_sorted: np.ndarray, rate: float) -> float:
-    if not 0 < rate < 1:
-        raise UsageError(f"--false-alarm-rate must be between 0 and 1, got {rate}")
-    if len(calibration_sorted) == 0:
-        raise ModelError("this model has no calibration scores (trained with --calibration-fraction 0): "
-                         "use --threshold instead of --false-alarm-rate")
-    return float(np.quantile(calibration_sorted, 1 - rate, method="higher"))
 
 
 def save_state(state: dict, path: Path) -> None:

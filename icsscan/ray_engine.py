@@ -29,8 +29,8 @@ import numpy as np
 
 from . import data
 from .errors import ModelError, UsageError
-from .scan import (ScanModel, ScanResult, Row, _decode_one, infer_batch, list_scan_files, load_model,
-                   model_from_bytes, resolve_threshold, threshold_meaning)
+from .scan import ScanModel, ScanResult, Row, _decode_one, infer_batch, list_scan_files, load_model, model_from_bytes
+from .thresholds import resolve_threshold, threshold_meaning
 
 INSTALL_HINT = "--engine ray needs Ray: install icsscan[ray] (pip install 'icsscan[ray]')"
 

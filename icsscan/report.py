@@ -17,7 +17,8 @@ from . import __version__
 from .files import atomic_write, staged
 from .runinfo import machine, now_iso, versions, write_json_atomic
 from .rowstore import ReadOnlySequence, RowTable, rank_order
-from .scan import Row, ScanResult, expected_false_alarm_rate, percentile_of
+from .scan import Row, ScanResult
+from .thresholds import false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
 REPORT_FILES = ("scores.csv", "summary.json", "junit.xml", "report.html")
@@ -63,6 +64,12 @@ def ranked(result: ScanResult) -> Ranked:
     return Ranked(result)
 
 
+def mark_report_folder(out: Path) -> None:
+    """Create `out` if needed and mark it as an icsscan report folder (so a later run may overwrite it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
+
+
 def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     """Create the report folder; refuse a non-empty folder that is not an earlier icsscan report."""
     from .errors import UsageError
@@ -73,8 +80,7 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
         raise UsageError(f"--out {out}: folder is not empty and not an icsscan report; choose another or add --force")
     ours = (out / MARKER).is_file()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("icsscan report folder\n", encoding="utf-8")
+    mark_report_folder(out)
     flagged = out / "anomalous"
     if ours and (flagged.is_symlink() or flagged.is_file()):
         flagged.unlink()
@@ -153,7 +159,7 @@ def summary_dict(result: ScanResult, table: list, folder: str, command: list[str
                    "unreadable": result.n_failures, "anomalies": result.n_anomalies,
                    "not_reached": result.n_files - len(result.rows)},
         "threshold": {"value": result.threshold, "source": result.threshold_source, "meaning": result.meaning,
-                      "expected_false_alarm_rate": expected_false_alarm_rate(m.calibration, result.threshold)},
+                      "expected_false_alarm_rate": false_alarm_rate(m.calibration, result.threshold)},
         "model": {"path": safe_text(str(m.path)), "sha256": m.sha256, "score": m.score_kind,
                   "icsscan_version": m.metadata.get("icsscan_version"), "config_hash": m.metadata.get("config_hash"),
                   "created": m.metadata.get("created"), "image_size": m.image_size,

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from . import data
 from .errors import ModelError, UsageError
 from .maps import peak
 from .rowstore import PathList, RowTable
+from .thresholds import DEFAULT_THRESHOLD, false_alarm_rate, percentile_of, resolve_threshold, threshold_meaning  # noqa: F401
 
 DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
@@ -137,7 +138,7 @@ def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int
         raise ModelError(f"{path}: ONNX model has no icsscan metadata (export it with: icsscan export MODEL_DIR)")
     try:
         size, channels = int(meta["image_size"]), int(meta["channels"])
-        threshold = float(meta.get("default_threshold", 0.5))
+        threshold = float(meta.get("default_threshold", DEFAULT_THRESHOLD))
         calibration = np.sort(np.asarray(json.loads(meta.get("calibration", "{}")).get("scores", []), dtype=np.float64))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path}: icsscan metadata is malformed ({exc})") from None
@@ -308,49 +309,8 @@ def _write_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None
 
 
 # --------------------------------------------------------------------------------------------- thresholds
-
-def expected_false_alarm_rate(calibration: np.ndarray, threshold: float) -> float | None:
-    return float(np.mean(calibration >= threshold)) if len(calibration) else None
-
-
-def percentile_of(scores: Iterable[float | None], calibration: np.ndarray) -> list[float | None]:
-    """Fraction of calibration normals scoring strictly lower than each score (monotone in the score)."""
-    out: list[float | None] = []
-    for s in scores:
-        if s is None or not len(calibration):
-            out.append(None)
-        else:
-            out.append(float(np.searchsorted(calibration, s, side="left") / len(calibration)))
-    return out
-
-
-def resolve_threshold(model: ScanModel, threshold: float | None, false_alarm_rate: float | None) -> tuple[float, str]:
-    """The threshold to apply and where it came from ('raw', 'false-alarm-rate' or 'model default')."""
-    if threshold is not None and false_alarm_rate is not None:
-        raise UsageError("give either --threshold or --false-alarm-rate, not both")
-    if threshold is not None:
-        if not 0 <= threshold <= 1:
-            raise UsageError(f"--threshold must be between 0 and 1 (raw anomaly score), got {threshold}")
-        return float(threshold), "raw"
-    if false_alarm_rate is not None:
-        if not 0 < false_alarm_rate < 1:
-            raise UsageError(f"--false-alarm-rate must be between 0 and 1, got {false_alarm_rate}")
-        if not len(model.calibration):
-            raise ModelError(f"{model.path}: model has no calibration scores; use --threshold instead")
-        return float(np.quantile(model.calibration, 1 - false_alarm_rate, method="higher")), "false-alarm-rate"
-    return model.default_threshold, "model default"
-
-
-def threshold_meaning(model: ScanModel, threshold: float, source: str, false_alarm_rate: float | None) -> str:
-    rate = expected_false_alarm_rate(model.calibration, threshold)
-    if rate is None:
-        return (f"flag images with a raw anomaly score >= {threshold:.4g}; this model has no calibration, "
-                "so the expected false-alarm rate is unknown")
-    n = len(model.calibration)
-    head = (f"threshold {threshold:.4g} chosen for a target false-alarm rate of {false_alarm_rate:.2%}"
-            if source == "false-alarm-rate" else f"raw anomaly-score threshold {threshold:.4g} ({source})")
-    return (f"{head}: {rate:.2%} of {n} held-out normal images score at or above it, so expect about "
-            f"{rate * 100:.1f} false alarms per 100 normal images")
+# (thresholds.py; the names stay importable from here: report, ray_engine and callers of scan use them)
+expected_false_alarm_rate = false_alarm_rate
 
 
 # --------------------------------------------------------------------------------------------- folder scan
