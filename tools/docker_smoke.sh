@@ -6,9 +6,8 @@
 #
 #   tools/docker_smoke.sh                          # docker (or podman if there is no docker), network build
 #
-#   # this project's sandbox (no Docker daemon, no CPU torch index, TLS intercepted): podman + local wheels
-#   ENGINE=podman SMOKE_BUILD=1 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
-#   WHEELS="/opt/pypi/files /opt/pypi-more/files /var/tmp/icsscan-docker/extra-wheels" tools/docker_smoke.sh
+#   # offline (no Docker daemon, no CPU torch index, TLS intercepted): podman, a local wheel folder, a CA bundle
+#   ENGINE=podman SMOKE_BUILD=1 CA_BUNDLE=PATH/TO/ca-bundle.crt WHEELS="PATH/TO/wheels" tools/docker_smoke.sh
 #
 # Environment:
 #   ENGINE       docker or podman (default: docker if found, else podman)
