@@ -1,4 +1,4 @@
-"""The `icsscan` command: a thin Typer layer over the library (split, train, export, scan).
+"""The `icsscan` command: a thin Typer layer over the library (split, train, export, scan, evaluate).
 
 Exit codes: 0 = done (unreadable images are listed, not fatal); 1 = anomalies found and --fail-on-anomaly;
 2 = usage error (missing folder, no images, bad flag values); 3 = model missing, invalid or incompatible;
@@ -350,6 +350,107 @@ def scan(
             raise typer.Exit(130)
         if fail_on_anomaly and result.n_anomalies:
             raise typer.Exit(1)
+
+
+EVALUATE_EXIT_CODES = """Exit codes: 0 every gate met (unreadable files are listed, not fatal) · 1 a gate missed (the message
+says which, the value and by how much) · 2 bad input (missing folder, one class only, bad flag) · 3 model
+missing/invalid · 4 internal error · 130 interrupted."""
+
+
+@app.command(epilog=EVALUATE_EXIT_CODES)
+def evaluate(
+    data: Annotated[Optional[Path], typer.Argument(help="Labelled folder in MVTec AD's layout: DATA/good/** are good, "
+                                                   "every other sub-folder a defect class (e.g. casting/test). With "
+                                                   "--labels: the folder its relative paths start from.")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder or .onnx file.")] = Path("icsscan-model"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.html, plots).")] = Path("icsscan-evaluation"),
+    min_auroc: Annotated[Optional[float], typer.Option(help="Gate: exit 1 when the image AUROC is below this.")] = None,
+    min_pixel_auroc: Annotated[Optional[float], typer.Option(help="Gate: exit 1 when the pixel AUROC is below this "
+                                                             "(needs masks and a model with maps).")] = None,
+    min_aupro: Annotated[Optional[float], typer.Option(help="Gate: exit 1 when the AUPRO (FPR ≤ 0.3, normalised) is "
+                                                       "below this (needs masks and a model with maps).")] = None,
+    false_alarm_rate: Annotated[Optional[float], typer.Option(help="Also report the counts at the threshold that flags "
+                                                              "about this fraction of normal images (e.g. 0.01).")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Ground-truth masks as MASKS/<class>/<stem>* (any image mode, "
+                                                  "non-zero = defect; default DATA/../ground_truth).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="CSV of path,label[,mask] (label 0 = good, 1 = defect; an "
+                                                   "optional header may name a class column) instead of the layout.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
+    workers: Workers = 4,
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Measure a model on labelled images: image AUROC, AP, per-class AUROC, rates at the threshold, pixel AUROC
+    and AUPRO where masks exist; plots and report.html; --min-* gates for CI."""
+    with errors_as_exit_codes():
+        from .evaluate import MARKER, evaluate_items, find_items, gate_message, pixel_plan, write_evaluation
+        from .progress import scan_progress
+        from .scan import load_model, resolve_threshold
+
+        for flag, value in (("--min-auroc", min_auroc), ("--min-pixel-auroc", min_pixel_auroc),
+                            ("--min-aupro", min_aupro)):
+            if value is not None and not 0 <= value <= 1:
+                raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+        if batch_size < 1 or workers < 1:
+            raise UsageError("--batch-size and --workers must be ≥ 1")
+        items = find_items(data, masks, labels)
+        loaded_model = load_model(model, device=device)
+        pixels_possible, why = pixel_plan(items, loaded_model)
+        for flag, value in (("--min-pixel-auroc", min_pixel_auroc), ("--min-aupro", min_aupro)):
+            if value is not None and not pixels_possible:
+                raise UsageError(f"{flag}: no pixel metrics here ({why})")
+        resolve_threshold(loaded_model, None, false_alarm_rate)  # a bad --false-alarm-rate: exit 2/3 before any work
+        check_out_dir(out, MARKER, force)
+        claim_out(out)
+        with scan_progress() as on_progress:
+            evaluation = evaluate_items(items, loaded_model, false_alarm_rate, batch_size, workers,
+                                        on_progress=on_progress)
+        source = {"data": str(data) if data else None, "labels": str(labels) if labels else None,
+                  "masks": str(masks) if masks else None}
+        gates = {"--min-auroc": min_auroc, "--min-pixel-auroc": min_pixel_auroc, "--min-aupro": min_aupro}
+        metrics = write_evaluation(evaluation, out, source, gates, command=sys.argv, html=html)
+        print_evaluation(metrics, out)
+        missed = [g for g in metrics["gates"] if not g["passed"]]
+        for gate in missed:
+            typer.echo(f"icsscan: {gate_message(gate)}", err=True)
+        if missed:
+            raise typer.Exit(1)
+
+
+def print_evaluation(metrics: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(v):
+        return "n/a" if v is None else f"{v:.2%}"
+
+    c, image = metrics["counts"], metrics["image"]
+    table = Table(title="icsscan evaluate", show_header=False)
+    table.add_row("images", f"{c['images']}: {c['good']} good, {c['defective']} defective scored, "
+                            f"{c['unreadable']} unreadable")
+    table.add_row("image AUROC", f"{image['auroc']:.4f}")
+    table.add_row("average precision", f"{image['average_precision']:.4f}")
+    for name, v in image["per_class"].items():
+        table.add_row(f"  AUROC {name}", f"{v['auroc']:.4f} ({v['n']} images)")
+    for key, title in (("model_default", "at model threshold"), ("false_alarm_rate", "at --false-alarm-rate")):
+        t = metrics["at_threshold"].get(key)
+        if t:
+            table.add_row(f"{title} {t['threshold']:.4g}",
+                          f"false alarms {pct(t['false_alarm_rate'])} ({t['fp']}/{t['fp'] + t['tn']}), misses "
+                          f"{pct(t['miss_rate'])} ({t['fn']}/{t['fn'] + t['tp']}), F1 {t['f1']:.3f}")
+    pixel = metrics.get("pixel")
+    if pixel:
+        table.add_row("pixel AUROC", f"{pixel['pixel_auroc']:.4f}")
+        table.add_row(f"AUPRO (FPR ≤ {pixel['aupro_fpr_limit']:g})", f"{pixel['aupro']:.4f}")
+    else:
+        table.add_row("pixel metrics", metrics.get("pixel_note", "none"))
+    for g in metrics["gates"]:
+        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+        table.add_row(f"gate {g['gate']} {g['required']:g}", f"{'met' if g['passed'] else 'MISSED'} ({value})")
+    table.add_row("speed", f"{metrics['timings']['images_per_s']} images/s")
+    table.add_row("report", str(out))
+    Console(soft_wrap=False, width=max(100, min(160, os.get_terminal_size().columns if sys.stdout.isatty() else 120))).print(table)
 
 
 def install_maps(spool: Path, target: Path) -> None:
