@@ -2,8 +2,10 @@
 
 The page opens from disk with no server, no network and no JavaScript: CSS is inline, the score histogram
 is an SVG drawn here (no matplotlib: `scan` must start fast and never import torch), and the thumbnails are
-small PNGs in REPORT_DIR/thumbs/ named by rank. File names come from the scanned folder and are untrusted:
-every one is HTML-escaped in text and URL-quoted in links, and only rank-based names are ever written.
+small PNGs in REPORT_DIR/thumbs/ named by rank. With anomaly maps, each thumbnail pair links to its full-size
+overlay: the scan's own in maps/ (scan --maps), else one written here into REPORT_DIR/overlays/ (only for the
+cards shown). File names come from the scanned folder and are untrusted: every one is HTML-escaped in text and
+URL-quoted in links, and only rank-based names are ever written.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ TOP_K = 24  # thumbnails in each of the "most anomalous" and "most normal" grids
 THUMB_SIZE = 128  # max side of a thumbnail in pixels
 THUMB_DIR = "thumbs"
 THUMB_NAME = re.compile(r"\d{6}(_map)?\.png")
+OVERLAY_DIR = "overlays"  # full-size overlays of the shown top images that scan --maps did not write
+OVERLAY_NAME = re.compile(r"\d{6}\.png")
+MAPS_DIR = "maps"  # where the CLI puts scan --maps overlays (ScanResult.overlays: path → name in it)
 MAX_FAILURES_LISTED = 1000  # beyond this the page points to scores.csv instead of growing without bound
 HIST_BINS = 40
 
@@ -63,7 +68,9 @@ def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = T
     out = Path(out)
     top, bottom = pick_grids(table, top_k)
     thumbs = write_thumbnails(out, top + bottom)
-    heat = write_map_thumbnails(out, top, result.maps) if result.maps else {}
+    map_range = getattr(result.model, "map_range", None)
+    heat = write_map_thumbnails(out, top, result.maps, map_range) if result.maps else {}
+    full = full_overlays(out, top, result, heat, map_range) if result.maps else {}
     scores = RowTable.of(result.rows).scores
     scores = scores[~np.isnan(scores)]
     body = "\n".join([
@@ -72,7 +79,7 @@ def write_html_report(result: ScanResult, table: list, out: Path, top_k: int = T
         histogram_svg(scores, result.model.calibration, result.threshold),
         f"<h2>Most anomalous ({len(top)})</h2>",
         MAP_LEGEND if heat else "",
-        grid_html(top, thumbs, heat),
+        grid_html(top, thumbs, heat, full),
         f"<h2>Most normal ({len(bottom)}), for contrast</h2>",
         grid_html(bottom, thumbs),
         failures_html(table),
@@ -112,11 +119,13 @@ def write_thumbnails(out: Path, entries: list) -> dict[int, str]:
     return made
 
 
-MAP_LEGEND = ("<p>Beside each image: its anomaly map over it (blue = as typical as normal images, red = least "
-              "typical; the ring marks the peak, whose position is <code>peak_x, peak_y</code> in scores.csv).</p>")
+MAP_LEGEND = ("<p>Beside each image: its anomaly map over it (uncoloured = like normal parts, blue = a little "
+              "unusual, yellow to red = clearly abnormal; the ring marks the peak, whose position is "
+              "<code>peak_x, peak_y</code> in scores.csv). Click either picture for the full-size overlay.</p>")
 
 
-def write_map_thumbnails(out: Path, entries: list, maps: dict) -> dict[int, str]:
+def write_map_thumbnails(out: Path, entries: list, maps: dict,
+                         map_range: tuple[float, float] | None = None) -> dict[int, str]:
     """For entries whose anomaly map the scan kept: a thumbnail of the image with the map over it."""
     from .maps import overlay
 
@@ -129,9 +138,44 @@ def write_map_thumbnails(out: Path, entries: list, maps: dict) -> dict[int, str]
                 warnings.simplefilter("ignore")
                 rgb = data.decode_image(row.path, thumb_wh(row.path))
             name = f"{int(rank):06d}_map.png"
-            save_png_atomic(overlay(rgb, maps[row.path]), folder / name)
+            save_png_atomic(overlay(rgb, maps[row.path], map_range), folder / name)
             made[rank] = quote(f"{THUMB_DIR}/{name}")
         except Exception:  # noqa: BLE001 - a missing overlay must never fail the scan
+            continue
+    return made
+
+
+def full_overlays(out: Path, entries: list, result: ScanResult, heat: dict[int, str],
+                  map_range: tuple[float, float] | None = None) -> dict[int, str]:
+    """rank → relative URL of the full-size overlay (original | map over it) of each entry with a heat thumbnail:
+    the scan's own maps/NAME when scan --maps wrote one, else out/overlays/RANK.png written now (at most one per
+    card shown, at the original's size as in scan --maps)."""
+    from .maps import side_by_side
+    from .scan import original_pixels
+
+    made: dict[int, str] = {}
+    try:
+        folder = fresh_dir(out, OVERLAY_DIR, OVERLAY_NAME)
+    except OSError:
+        folder = None
+    for rank, row, _, _ in entries:
+        if rank not in heat or row.path not in result.maps:
+            continue
+        written = result.overlays.get(row.path)
+        if written and (out / MAPS_DIR / written).is_file() and not (out / MAPS_DIR).is_symlink():
+            made[rank] = quote(f"{MAPS_DIR}/{written}")
+            continue
+        if folder is None:
+            continue
+        name = f"{int(rank):06d}.png"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = side_by_side(original_pixels(row.path), result.maps[row.path], map_range)
+            with atomic_write(folder / name, "wb") as f:
+                img.save(f, format="PNG", compress_level=1)  # full size: fast rather than smallest, as scan --maps
+            made[rank] = quote(f"{OVERLAY_DIR}/{name}")
+        except Exception:  # noqa: BLE001 - a missing overlay costs a link, never the report
             continue
     return made
 
@@ -146,12 +190,17 @@ def thumb_wh(path: str) -> tuple[int, int]:
 
 def fresh_thumb_dir(out: Path) -> Path:
     """out/thumbs as a real folder (never a symlink leading elsewhere), without an earlier run's thumbnails."""
-    folder = out / THUMB_DIR
+    return fresh_dir(out, THUMB_DIR, THUMB_NAME)
+
+
+def fresh_dir(out: Path, name: str, ours: re.Pattern) -> Path:
+    """out/name as a real folder (never a symlink leading elsewhere), without an earlier run's files named `ours`."""
+    folder = out / name
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         folder.unlink()
     folder.mkdir(exist_ok=True)
     for old in folder.iterdir():
-        if THUMB_NAME.fullmatch(old.name) and not old.is_dir():
+        if ours.fullmatch(old.name) and not old.is_dir():
             old.unlink(missing_ok=True)
     return folder
 
@@ -207,31 +256,41 @@ def summary_html(result: ScanResult) -> str:
             f'\n{banner}<table class="summary">\n{cells}\n</table>')
 
 
-def grid_html(entries: list, thumbs: dict[int, str], heat: dict[int, str] | None = None) -> str:
+def grid_html(entries: list, thumbs: dict[int, str], heat: dict[int, str] | None = None,
+              full: dict[int, str] | None = None) -> str:
     if not entries:
         return "<p>No scored images.</p>"
-    heat = heat or {}
-    return ('<div class="grid">\n' + "\n".join(card_html(e, thumbs.get(e[0]), heat.get(e[0])) for e in entries)
+    heat, full = heat or {}, full or {}
+    return ('<div class="grid">\n'
+            + "\n".join(card_html(e, thumbs.get(e[0]), heat.get(e[0]), full.get(e[0])) for e in entries)
             + "\n</div>")
 
 
-def card_html(entry: tuple, thumb: str | None, heat: str | None = None) -> str:
+def card_html(entry: tuple, thumb: str | None, heat: str | None = None, full: str | None = None) -> str:
+    """One image's card; with a heat thumbnail and its full-size overlay (`full`, a relative URL), both pictures
+    link to the overlay and the path in the caption links to the original file."""
     rank, row, pct, flagged = entry
     name = esc(Path(row.path).name)
     picture = (f'<img src="{esc(thumb)}" alt="{name}" width="128" height="128">' if thumb
                else '<div class="nothumb">no preview</div>')
     link = file_uri(row.path)
-    if link:
-        picture = f'<a href="{esc(link)}">{picture}</a>'
+    target = full if heat and full else link
+    if target:
+        picture = f'<a href="{esc(target)}">{picture}</a>'
     if heat:
-        picture = (f'<div class="pair">{picture}<img class="heat" src="{esc(heat)}" alt="anomaly map of {name}" '
-                   f'width="128" height="128"></div>')
+        heat_img = f'<img class="heat" src="{esc(heat)}" alt="anomaly map of {name}" width="128" height="128">'
+        if full:
+            heat_img = f'<a href="{esc(full)}" title="full-size overlay">{heat_img}</a>'
+        picture = f'<div class="pair">{picture}{heat_img}</div>'
+    path_text = esc(row.path)
+    if heat and full and link:
+        path_text = f'<a href="{esc(link)}">{path_text}</a>'
     pct_text = "" if pct is None else f"<br>above {pct:.1%} of normals"
     peak_text = "" if row.peak_x is None else f"<br>peak at x={row.peak_x}, y={row.peak_y}"
     flag = ' <span class="flag">anomaly</span>' if flagged else ""
     classes = "card" + (" flagged" if flagged else "") + (" withmap" if heat else "")
     return (f'<figure class="{classes}">{picture}<figcaption>#{rank} · score '
-            f'{row.score:.4f}{flag}{pct_text}{peak_text}<br><span class="path">{esc(row.path)}</span></figcaption></figure>')
+            f'{row.score:.4f}{flag}{pct_text}{peak_text}<br><span class="path">{path_text}</span></figcaption></figure>')
 
 
 def file_uri(path: str) -> str | None:

@@ -1,7 +1,9 @@
 """Anomaly maps for people: where a map peaks in the original image, and heat-map overlays as PNG.
 
 Pillow and NumPy only (no torch): `scan` draws these. A map value is standardised evidence (0 = as typical as
-the median normal location, higher = less typical), so one fixed colour scale means the same in every image.
+the median normal location, higher = less typical). The colour scale is the model's own `map_range` (ONNX
+metadata: [lo, hi], lo = the level of normal parts, hi = clearly abnormal) when it has one, else MAP_RANGE; it
+is the same in every image a model scans, so a colour means the same everywhere.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-MAP_RANGE = (0.0, 3.0)  # colour scale of map values: ≤ 0 transparent, ≥ 3 (≈ 19 robust spreads out) full red
-# colour anchors from cold to hot (dark blue → cyan → yellow → red)
-_ANCHORS = np.array([[20, 30, 140], [0, 190, 220], [250, 230, 40], [230, 20, 20]], dtype=np.float64)
+MAP_RANGE = (0.0, 3.0)  # colour scale without a model map_range: ≤ 0 transparent, ≥ 3 (≈ 19 robust spreads) red
+# colour anchors from cool to hot (blue → cyan → yellow → orange → red): the warm half starts early, so a region
+# half way to `hi` already reads as hot at thumbnail size
+_ANCHORS = np.array([[40, 70, 230], [0, 200, 230], [255, 230, 0], [255, 120, 0], [230, 0, 0]], dtype=np.float64)
+ALPHA_LOW, ALPHA_HIGH = 0.45, 0.85  # opacity just above lo, and at hi and beyond (alpha rises as sqrt in between)
 
 
 def peak(anomaly_map: np.ndarray, image_wh: tuple[int, int]) -> tuple[int, int]:
@@ -43,18 +47,20 @@ def upsample(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 
 def _colour_table(steps: int = 256) -> tuple[list[int], list[int]]:
-    """A 256-entry palette (flat RGB list) and alpha table (0–255) for levels t = 0 … 1 of MAP_RANGE.
+    """A 256-entry palette (flat RGB list) and alpha table (0–255) for levels t = 0 … 1 of the colour range.
 
-    Level 0 (a value at or below MAP_RANGE's low end: no more unusual than the median normal location, most of
-    any image) is fully transparent, so the overlay leaves normal regions untouched: the defect is what stands
-    out, and a PNG whose right half repeats its left outside the hot spots is about half the bytes and a quarter
-    faster to encode (casting: 91 vs 164 KiB, 7.4 vs 9.6 ms; scan --maps draws one per flagged image)."""
+    Level 0 (a value at or below the range's low end: looks like normal parts, most of any image) is fully
+    transparent, so the overlay leaves normal regions untouched: the defect is what stands out, and a PNG whose
+    right half repeats its left outside the hot spots is about half the bytes and a quarter faster to encode
+    (casting: 91 vs 164 KiB, 7.4 vs 9.6 ms; scan --maps draws one per flagged image). Above it the colour is
+    strong at once (ALPHA_LOW) and rises fast (square root) to ALPHA_HIGH at the top: with the old gentle ramp
+    (0.15 → 0.75 linear) a crack at a moderate level was a faint tint that only the ring gave away."""
     t = np.linspace(0.0, 1.0, steps)
     pos = t * (len(_ANCHORS) - 1)
     k = np.minimum(pos.astype(int), len(_ANCHORS) - 2)
     frac = (pos - k)[:, None]
     rgb = _ANCHORS[k] * (1 - frac) + _ANCHORS[k + 1] * frac
-    alpha = 255 * (0.15 + 0.6 * t)
+    alpha = 255 * (ALPHA_LOW + (ALPHA_HIGH - ALPHA_LOW) * np.sqrt(t))
     alpha[0] = 0
     return np.rint(rgb).astype(np.uint8).ravel().tolist(), np.rint(alpha).astype(int).tolist()
 
@@ -62,20 +68,31 @@ def _colour_table(steps: int = 256) -> tuple[list[int], list[int]]:
 _PALETTE, _ALPHAS = _colour_table()
 
 
-def levels(anomaly_map: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """Map → colour levels 0–255 of MAP_RANGE as an "L" image of `size` = (width, height), bilinear. Pillow
-    throughout (resize, affine point, clamping convert): 0.6 ms for 300 px, ~4x faster than the same in NumPy."""
-    lo, hi = MAP_RANGE
+def colour_range(map_range: tuple[float, float] | None) -> tuple[float, float]:
+    """`map_range` when it is a usable (lo, hi) (finite, lo < hi), else MAP_RANGE."""
+    try:
+        lo, hi = (float(v) for v in map_range)
+    except (TypeError, ValueError):
+        return MAP_RANGE
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) and lo < hi else MAP_RANGE
+
+
+def levels(anomaly_map: np.ndarray, size: tuple[int, int], map_range: tuple[float, float] | None = None) -> Image.Image:
+    """Map → colour levels 0–255 of the colour range (`map_range`, else MAP_RANGE) as an "L" image of `size` =
+    (width, height), bilinear. Pillow throughout (resize, affine point, clamping convert): 0.6 ms for 300 px,
+    ~4x faster than the same in NumPy."""
+    lo, hi = colour_range(map_range)
     scale = 255.0 / (hi - lo)
     values = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=lo, posinf=hi, neginf=lo)
     resized = Image.fromarray(values, mode="F").resize(size, Image.Resampling.BILINEAR)
     return resized.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")  # + 0.5: convert truncates
 
 
-def overlay(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
-    """The image (H, W, 3 uint8) with the heat map blended over it and a ring around the map's peak."""
+def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[float, float] | None = None) -> Image.Image:
+    """The image (H, W, 3 uint8) with the heat map blended over it and a ring around the map's peak: values at
+    or below the range's lo leave the image as it is, values at hi and above are red at ALPHA_HIGH."""
     h, w = rgb.shape[:2]
-    level = levels(anomaly_map, (w, h))
+    level = levels(anomaly_map, (w, h), map_range)
     heat = level.copy()
     heat.putpalette(_PALETTE)
     over = Image.composite(heat.convert("RGB"), Image.fromarray(rgb), level.point(_ALPHAS))
@@ -85,12 +102,12 @@ def overlay(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
     return over
 
 
-def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray) -> Image.Image:
+def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[float, float] | None = None) -> Image.Image:
     """Original | overlay (ringed peak)."""
     h, w = rgb.shape[:2]
     canvas = Image.new("RGB", (2 * w + 4, h), (255, 255, 255))
     canvas.paste(Image.fromarray(rgb), (0, 0))
-    canvas.paste(overlay(rgb, anomaly_map), (w + 4, 0))
+    canvas.paste(overlay(rgb, anomaly_map, map_range), (w + 4, 0))
     return canvas
 
 

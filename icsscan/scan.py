@@ -51,6 +51,7 @@ class ScanModel:
     metadata: dict = field(repr=False)
     image_height: int = 0  # local models: input height (image_size is then the width); 0 = square
     has_map: bool = False  # local models also output an anomaly map
+    map_range: tuple[float, float] | None = None  # local models: the map's colour range (metadata "map_range")
 
     @property
     def providers(self) -> list[str]:
@@ -154,7 +155,21 @@ def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int
         raise ModelError(f"{path}: input shape {shape} disagrees with metadata ({channels}x{height or size}x{size})")
     has_map = len(session.get_outputs()) >= 2 and session.get_outputs()[1].name == "map"
     return ScanModel(path, session, size, channels, threshold, calibration, meta.get("score", "?"),
-                     hashlib.sha256(blob).hexdigest(), meta, height, has_map)
+                     hashlib.sha256(blob).hexdigest(), meta, height, has_map,
+                     map_range=parse_map_range(meta.get("map_range")))
+
+
+def parse_map_range(text: str | None) -> tuple[float, float] | None:
+    """The metadata's "map_range" (JSON [lo, hi]: lo = the map level of normal parts, hi = clearly abnormal) as
+    a tuple; None when absent or malformed (not JSON, not two finite numbers, lo ≥ hi): the overlays then use
+    maps.MAP_RANGE. A bad colour range must never stop a scan."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in json.loads(text))
+    except (TypeError, ValueError):  # JSONDecodeError is a ValueError; a number or dict is a TypeError/ValueError
+        return None
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) and lo < hi else None
 
 
 # --------------------------------------------------------------------------------------------- core
@@ -255,11 +270,13 @@ class MapKeeper:
 
     MAX_PENDING = 16
 
-    def __init__(self, threshold: float, keep: int = 24, maps_dir: Path | None = None):
+    def __init__(self, threshold: float, keep: int = 24, maps_dir: Path | None = None,
+                 map_range: tuple[float, float] | None = None):
         import heapq
         from collections import deque
 
         self._heapq, self.threshold, self.keep, self.maps_dir = heapq, threshold, keep, maps_dir
+        self.map_range = map_range  # the model's colour range (None: maps.MAP_RANGE)
         self.top: list[tuple[float, int, str, np.ndarray]] = []  # min-heap of (score, seq, path, map)
         self.written: dict[str, str] = {}  # path → overlay file name (once the file is complete)
         self._seq = 0
@@ -276,7 +293,8 @@ class MapKeeper:
         if self._writer is not None and row.score >= self.threshold:
             stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(row.path).stem)[:80] or "image"
             name = f"{self._seq:06d}_{stem}.png"
-            future = self._writer.submit(_write_overlay, rgb, anomaly_map.copy(), self.maps_dir / name)
+            future = self._writer.submit(write_overlay, row.path, rgb, anomaly_map.copy(), self.maps_dir / name,
+                                         self.map_range)
             self._pending.append((row.path, name, future))
             while len(self._pending) > self.MAX_PENDING:
                 self._finish_one()
@@ -302,10 +320,39 @@ class MapKeeper:
         return {path: m.astype(np.float32) for _, _, path, m in self.top}
 
 
-def _write_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None:
+MAX_OVERLAY_SIDE = 4096  # overlays of larger originals are drawn downscaled to this long side
+
+
+def write_overlay(source: str, rgb: np.ndarray, anomaly_map: np.ndarray, path: Path,
+                  map_range: tuple[float, float] | None = None) -> None:
+    """Write `path`: original | heat map over it, at the original's own size (re-read from `source`; EXIF
+    orientation and modes as in scanning; a long side above MAX_OVERLAY_SIDE is downscaled to it). When the
+    original cannot be read again (deleted or changed since it was scored), the decoded pixels `rgb` (the
+    model's working size) stand in: an overlay never fails for that."""
     from .maps import save_png, side_by_side
 
-    save_png(side_by_side(rgb, anomaly_map), path)
+    try:
+        pixels = original_pixels(source)
+    except Exception:  # noqa: BLE001 - DecodeError, or anything a changed file raises: the decoded pixels will do
+        pixels = rgb
+    save_png(side_by_side(pixels, anomaly_map, map_range), path)
+
+
+def original_pixels(path: str, max_side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
+    """The image at `path` as RGB uint8 at its own size (after EXIF rotation), long side capped at `max_side`.
+    Raises data.DecodeError on any failure."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # the header only: the size, and whether EXIF turns it on its side
+            width, height = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception as exc:  # noqa: BLE001 - whatever the file has become since it was scored
+        raise data.DecodeError(f"cannot read the original again ({type(exc).__name__})") from None
+    if turned:
+        width, height = height, width
+    scale = min(1.0, max_side / max(width, height, 1))
+    return data.decode_image(path, (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
 # --------------------------------------------------------------------------------------------- thresholds
@@ -396,7 +443,7 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     if model.has_map:
         if maps_dir is not None:
             Path(maps_dir).mkdir(parents=True, exist_ok=True)
-        keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None)
+        keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None, model.map_range)
     interrupted = False
     try:
         for row in stream_rows(model, todo, batch_size, workers, tick, keeper):

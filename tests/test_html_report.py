@@ -169,6 +169,42 @@ def test_nothing_written_outside_report_dir(scanned, tmp_path):
     assert not make_thumbnail(str(scanned["folder"] / CORRUPT), tmp_path / "t.png")
 
 
+def test_map_thumbnails_link_to_full_size_overlays(tmp_path):
+    """With anomaly maps, both pictures of a card link (relative, escaped) to the full-size overlay: the scan's
+    maps/NAME when scan --maps wrote it, else overlays/RANK.png written for the card; the path links the original."""
+    from icsscan.html import write_html_report
+    from icsscan.report import ranked
+    from icsscan.scan import Row, ScanResult
+
+    folder, out = tmp_path / "in", tmp_path / "report"
+    folder.mkdir()
+    (out / "maps").mkdir(parents=True)
+    sizes = {"a b#1.png": (300, 200), 'q"uote.png': (160, 240), "c.png": (90, 90)}
+    rows, maps = [], {}
+    for k, (name, (w, h)) in enumerate(sizes.items()):
+        Image.fromarray(np.full((h, w), 100, np.uint8)).save(folder / name)
+        rows.append(Row(str(folder / name), 0.9 - 0.1 * k, peak_x=1, peak_y=1))
+        maps[str(folder / name)] = np.eye(4, dtype=np.float32) * 3
+    (out / "maps" / "000001_a_b_1.png").write_bytes(b"written by scan --maps")
+    model = _model_stub()
+    model.map_range = (0.0, 2.0)
+    result = ScanResult(rows, 0.5, "raw", "flag at 0.5", model, 3, 0.1, maps=maps,
+                        overlays={str(folder / "a b#1.png"): "000001_a_b_1.png"})
+    write_html_report(result, ranked(result), out)
+    text = (out / "report.html").read_text(encoding="utf-8")
+    heat_links = re.findall(r'<a href="([^"]+)"[^>]*><img class="heat"', text)
+    image_links = re.findall(r'<a href="([^"]+)"><img src="thumbs/\d{6}\.png"', text)
+    assert heat_links == ["maps/000001_a_b_1.png", "overlays/000002.png", "overlays/000003.png"]
+    assert image_links[:3] == heat_links
+    for href, (w, h) in zip(heat_links[1:], list(sizes.values())[1:]):
+        with Image.open(local_target(out, href)) as im:
+            assert im.size == (2 * w + 4, h)  # original | overlay, at the original's size
+    assert all(local_target(out, h).is_file() for h in heat_links)
+    originals = {local_target(out, h) for h in parse(out / "report.html").hrefs if h.startswith("file:")}
+    assert originals == {folder / name for name in sizes}  # the caption's path still opens the original
+    assert escape(str(folder / 'q"uote.png')) in text
+
+
 def test_no_html_flag(scanned, tmp_path):
     out = tmp_path / "r"
     proc = run_cli("scan", scanned["folder"], "--model", scanned["model"], "--out", out, "--no-html", timeout=120)

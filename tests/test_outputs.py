@@ -394,6 +394,73 @@ def test_upsample_puts_one_map_value_on_every_pixel():
     assert np.isfinite(upsample(m, (7, 5))).all()
 
 
+def test_overlay_paints_a_region_at_the_models_hi_level_strongly():
+    """With the model's colour range [lo, hi]: a region at hi is painted strongly enough to see at thumbnail size
+    (mean change > 80 grey levels per channel), a region just above lo is clearly coloured, ≤ lo is untouched."""
+    from icsscan.maps import MAP_RANGE, overlay
+
+    rgb = np.full((80, 80, 3), 128, np.uint8)
+    lo, hi = 1.5, 4.0
+    m = np.full((10, 10), lo, np.float32)  # at lo: like normal parts
+    m[1:4, 1:4] = hi  # a region at the hi level
+    m[6:9, 6:9] = lo + 0.1 * (hi - lo)  # a region a little above lo
+    out = np.asarray(overlay(rgb, m, (lo, hi))).astype(int)
+    change = np.abs(out - 128)
+    assert change[12:28, 12:28].mean() > 80, change[12:28, 12:28].mean(axis=(0, 1))  # hi region: cells 1..3
+    r, g, b = out[20, 20]
+    assert r > 180 and g < 60 and b < 60, (r, g, b)  # red
+    assert change[52:68, 52:68].max(axis=-1).mean() > 40  # a little above lo: already visible
+    untouched = np.all(out == 128, axis=-1)
+    # between the regions (beyond the half cell that bilinear interpolation spreads them): map ≤ lo, as it was
+    assert untouched[37:43, :].all() and untouched[:, 37:43].all() and untouched[:, 77:].all()
+    # no model range: MAP_RANGE; a malformed one is ignored the same way
+    default = np.asarray(overlay(rgb, m * 0 + MAP_RANGE[1]))
+    assert np.array_equal(default, np.asarray(overlay(rgb, m * 0 + MAP_RANGE[1], (2.0, 1.0))))
+
+
+def test_scan_reads_the_models_map_range_defensively():
+    from icsscan.scan import parse_map_range
+
+    assert parse_map_range("[0.5, 2]") == (0.5, 2.0)
+    for bad in (None, "", "x", "[1]", "[2, 1]", "[1, 1]", '["a", 2]', "[NaN, 1]", '{"lo": 0}', "3", "[0, 1, 2]"):
+        assert parse_map_range(bad) is None, bad
+
+
+def test_overlay_written_on_the_original_at_its_own_size(tmp_path):
+    """scan --maps: the overlay is drawn on the original re-read from disk (EXIF rotation applied, long side capped),
+    not on the model's working-size pixels; an original that is gone since scoring falls back to those pixels."""
+    from PIL import Image
+
+    from icsscan.scan import MapKeeper, Row, original_pixels, write_overlay
+
+    src = tmp_path / "wide.png"
+    Image.fromarray(np.full((300, 500, 3), 90, np.uint8)).save(src)
+    decoded = np.zeros((64, 96, 3), np.uint8)  # what the model saw
+    m = np.zeros((8, 12), np.float32)
+    m[6, 2] = 5.0
+    write_overlay(str(src), decoded, m, tmp_path / "o.png")
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (2 * 500 + 4, 300)
+        left = np.asarray(im.convert("RGB"))[:, :500]
+    assert np.all(left == 90)  # the left half is the original's own pixels
+    turned = tmp_path / "turned.jpg"  # stored 400 x 200, EXIF orientation 6: shown 200 wide, 400 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((200, 400, 3), 200, np.uint8)).save(turned, exif=exif)
+    assert original_pixels(str(turned)).shape == (400, 200, 3)
+    assert original_pixels(str(turned), max_side=100).shape == (100, 50, 3)  # huge originals: long side capped
+    keeper = MapKeeper(threshold=0.5, keep=2, maps_dir=tmp_path / "maps", map_range=(0.0, 2.0))
+    (tmp_path / "maps").mkdir()
+    keeper(Row(str(src), 0.9), decoded, m)
+    keeper(Row(str(tmp_path / "gone.png"), 0.8), decoded, m)  # deleted since it was scored
+    keeper.close()
+    sizes = {}
+    for path, name in keeper.written.items():
+        with Image.open(tmp_path / "maps" / name) as im:
+            sizes[Path(path).name] = im.size
+    assert sizes == {"wide.png": (1004, 300), "gone.png": (2 * 96 + 4, 64)}
+
+
 def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
     """scan --maps: one complete PNG per flagged image (drawn in a writer thread), the top maps kept, and a
     write that fails is raised by close(), not lost."""
