@@ -89,8 +89,9 @@ def float16_keys(values: np.ndarray) -> np.ndarray:
     """Bin index 0 … 65,535 of each value, increasing with the value: the float16 rounding's bit pattern,
     reordered so that integer order is numeric order (negatives reversed below the positives). NaN counts as
     the lowest value, ±inf and values beyond float16's range as its largest finite magnitude."""
-    v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=-FLOAT16_MAX, posinf=FLOAT16_MAX,
-                      neginf=-FLOAT16_MAX)
+    v = np.asarray(values)
+    v = v if v.dtype in (np.float16, np.float32, np.float64) else v.astype(np.float32)  # rounded once, to float16
+    v = np.nan_to_num(v, nan=-FLOAT16_MAX, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX)
     bits = np.clip(v, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16).view(np.uint16)
     negative = bits >= 0x8000
     return np.where(negative, 0xFFFF - bits, bits | 0x8000).astype(np.intp)
