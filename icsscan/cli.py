@@ -280,6 +280,9 @@ def scan(
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
     maps: Annotated[bool, typer.Option("--maps", help="Local models: write an overlay PNG (image | heat map) of "
                                        "every flagged image into REPORT/maps/.")] = False,
+    raw_maps: Annotated[bool, typer.Option("--raw-maps", help="Local models: keep every scored image's raw anomaly "
+                                           "map as float16 .npy at the model's map resolution in REPORT/raw_maps/, "
+                                           "with index.csv (image path, score, original width and height).")] = False,
     device: Device = "auto",
     force: Force = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan from the partial results "
@@ -319,9 +322,15 @@ def scan(
                              "(train with --backbone efficientnet-lite0)")
         if maps and engine == "ray":
             raise UsageError("--maps works with --engine local only")
+        if raw_maps and not loaded_model.has_map:
+            raise UsageError(f"--raw-maps: {loaded_model.path} is a global model without anomaly maps "
+                             "(train with --backbone efficientnet-lite0)")
+        if raw_maps and (engine == "ray" or resume):
+            raise UsageError("--raw-maps works with --engine local only, without --resume (every map in one run)")
         claim_out(out)
         partial = start_partial(out, loaded_model.sha256, folder, resume) if engine == "local" else None
         maps_tmp = out / f".maps-{os.getpid()}.tmp" if maps else None
+        raw_tmp = out / f".raw-maps-{os.getpid()}.tmp" if raw_maps else None
         try:
             with scan_progress() as on_progress:
                 if engine == "ray":
@@ -331,15 +340,19 @@ def scan(
                                              ray_address=ray_address, actors=actors, on_progress=on_progress)
                 else:
                     result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
-                                         on_progress, done=partial.done, on_rows=partial.add, maps_dir=maps_tmp)
+                                         on_progress, done=partial.done, on_rows=partial.add, maps_dir=maps_tmp,
+                                         raw_maps_dir=raw_tmp)
             report_dir = prepare_out_dir(out, force=True)
             if maps_tmp is not None:
                 install_maps(maps_tmp, report_dir / "maps")
+            if raw_tmp is not None:
+                install_maps(raw_tmp, report_dir / "raw_maps")
         finally:
-            if maps_tmp is not None and maps_tmp.exists():
-                import shutil
+            for spool in (maps_tmp, raw_tmp):
+                if spool is not None and spool.exists():
+                    import shutil
 
-                shutil.rmtree(maps_tmp, ignore_errors=True)
+                    shutil.rmtree(spool, ignore_errors=True)
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
         if partial:
             partial.close(finished=not result.interrupted)  # kept after an interrupt: `--resume` continues from it

@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__, data
 from .errors import UsageError
 from .metrics import AUPRO_FPR_LIMIT, PixelAccumulator, at_threshold, image_metrics, roc_points
+from .rawmaps import original_size
 from .rowstore import RowTable
 from .scan import Row, ScanModel, resolve_threshold, stream_rows
 
@@ -161,16 +162,6 @@ def check_both_labels(items: Sequence[Item], where: str) -> None:
             raise UsageError(f"{where}: no images found")
         have = "good" if labels == {0} else "defective"
         raise UsageError(f"{where}: only {have} images ({len(items)}); evaluate needs both good and defective ones")
-
-
-def original_size(path: str) -> tuple[int, int]:
-    """(width, height) of the image as scanned (after EXIF rotation), from its header."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        width, height = img.size
-        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    return (height, width) if turned else (width, height)
 
 
 def load_mask(path: str, size_wh: tuple[int, int]) -> np.ndarray:

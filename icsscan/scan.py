@@ -374,6 +374,7 @@ class ScanResult:
     interrupted: bool = False
     maps: dict = field(default_factory=dict)  # local models: path → anomaly map of the top-scoring images
     overlays: dict = field(default_factory=dict)  # scan --maps: path → overlay file name under maps/
+    raw_maps: int = 0  # scan --raw-maps: maps written to raw_maps/
 
     def __post_init__(self) -> None:
         self.rows = RowTable.of(self.rows)  # compact: one Row object per file would grow with the folder
@@ -413,13 +414,14 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
                 threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 64,
                 workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
                 done: dict[str, Row] | None = None, on_rows: Callable[[list[Row]], None] | None = None,
-                maps_dir: str | os.PathLike | None = None, keep_maps: int = 24) -> ScanResult:
+                maps_dir: str | os.PathLike | None = None, keep_maps: int = 24,
+                raw_maps_dir: str | os.PathLike | None = None) -> ScanResult:
     """Score every image file under `folder`; returns all rows (unreadable files have score None).
 
     `done`: rows of an earlier, interrupted scan by path (those files are not scored again); `on_rows` gets
     each finished batch's rows (`resume.PartialWriter.add`). Local models: rows carry the map's peak; the maps
     of the `keep_maps` top images come back in `maps`, and with `maps_dir` an overlay PNG of every flagged
-    image is written there.
+    image is written there; with `raw_maps_dir` every scored image's map as float16 .npy (rawmaps.RawMapWriter).
     """
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
@@ -444,15 +446,22 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
         if maps_dir is not None:
             Path(maps_dir).mkdir(parents=True, exist_ok=True)
         keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None, model.map_range)
+    raw = None
+    if model.has_map and raw_maps_dir is not None:
+        from .rawmaps import RawMapWriter
+
+        raw = RawMapWriter(Path(raw_maps_dir), then=keeper)
     interrupted = False
     try:
-        for row in stream_rows(model, todo, batch_size, workers, tick, keeper):
+        for row in stream_rows(model, todo, batch_size, workers, tick, raw or keeper):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if raw:
+            raw.close()
         if keeper:
             keeper.close()
     return ScanResult(rows, thr, source, threshold_meaning(model, thr, source, false_alarm_rate), model,
                       len(files), time.perf_counter() - started, interrupted,
-                      keeper.maps() if keeper else {}, keeper.written if keeper else {})
+                      keeper.maps() if keeper else {}, keeper.written if keeper else {}, raw.count if raw else 0)

@@ -226,3 +226,76 @@ def test_pixel_gate_without_masks_is_a_usage_error(tiny_onnx, tmp_path):
             shutil.copy(SAMPLE / "good" / n, data / cls / n)
     proc = invoke("evaluate", data, "--model", tiny_onnx, "--min-aupro", "0.5", "--out", tmp_path / "ev")
     assert proc.returncode == 2 and "--min-aupro: no pixel metrics here" in proc.stderr
+
+
+def test_find_mask_prefers_exact_stems():
+    from icsscan.evaluate import find_mask
+
+    index = {"0001_mask": "a", "000_mask": "b", "002": "c", "003_gt_v2": "d", "0030_mask": "e"}
+    assert find_mask(index, "000") == "b"  # not 0001_mask
+    assert find_mask(index, "002") == "c"
+    assert find_mask(index, "003") == "d"
+    assert find_mask(index, "004") is None and find_mask({}, "000") is None
+
+
+# --------------------------------------------------------------------------------------------- scan --raw-maps
+
+def test_scan_raw_maps_writes_float16_maps_and_index(mvtec, tmp_path):
+    from icsscan import data
+    from icsscan.maps import upsample
+    from icsscan.rawmaps import read_raw_maps
+
+    out = tmp_path / "scan"
+    proc = invoke("scan", mvtec["test"], "--model", mvtec["model"], "--out", out, "--raw-maps")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["maps"]["raw_maps_written"] == 26 and summary["maps"]["raw_folder"] == "raw_maps/"
+    with open(out / "raw_maps" / "index.csv", newline="") as f:
+        index = list(csv.DictReader(f))
+    assert len(index) == 26 and len(list((out / "raw_maps").glob("*.npy"))) == 26
+    entries = list(read_raw_maps(out / "raw_maps"))
+    for (path, m, size), row in zip(entries, index):
+        assert m.dtype == np.float16 and m.shape == (H // STRIDE, W // STRIDE)
+        with Image.open(path) as im:
+            assert size == im.size
+        grey = data.to_channels(data.decode_image(path, (W, H))[None], 1)[0, 0]
+        expected = grey.reshape(H // STRIDE, STRIDE, W // STRIDE, STRIDE).mean(axis=(1, 3))
+        np.testing.assert_allclose(m.astype(np.float32), expected, atol=1e-3)  # what the model computes
+        assert float(row["score"]) == pytest.approx(expected.max(), abs=1e-3)
+        assert upsample(m, size).shape == (size[1], size[0])
+
+
+def test_scan_raw_maps_refused_for_global_models(tiny_onnx, tmp_path):
+    proc = invoke("scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", tmp_path / "r", "--raw-maps")
+    assert proc.returncode == 2 and "--raw-maps" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- browser
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="chromium not installed (make browser, or apt-get install chromium)")
+def test_evaluation_report_renders_with_its_images(mvtec, tmp_path):
+    """report.html in headless Chromium: the ROC, histogram and PRO plots and every overlay load."""
+    from test_html_report import chromium, parse
+
+    out = tmp_path / "ev"
+    proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    page = out / "report.html"
+    text = page.read_text(encoding="utf-8")
+    probe = ("<script>addEventListener('load', () => { const imgs = [...document.images];"
+             " document.body.dataset.imagesTotal = imgs.length;"
+             " document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+             " document.body.dataset.plots = imgs.filter(i => i.naturalWidth > 0)"
+             ".map(i => i.getAttribute('src')).filter(s => !s.includes('/')).join(' '); });</script></body>")
+    check = out / "_browser_check.html"
+    check.write_text(text.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", probe),
+                     encoding="utf-8")
+    proc = chromium(["--virtual-time-budget=10000", "--dump-dom", check.as_uri()], tmp_path)
+    total = re.search(r'data-images-total="(\d+)"', proc.stdout)
+    ok = re.search(r'data-images-ok="(\d+)"', proc.stdout)
+    plots = re.search(r'data-plots="([^"]*)"', proc.stdout)
+    assert total and ok and plots, proc.stdout[-1000:] + proc.stderr[-2000:]
+    assert int(total.group(1)) == len(parse(page).imgs) == 3 + 16
+    assert int(ok.group(1)) == int(total.group(1))
+    assert plots.group(1).split() == ["roc.png", "histograms.png", "pro.png"]
