@@ -10,7 +10,7 @@ false-positive rate from 0 to 0.3 and divided by 0.3) from maps added one image 
 not grow with the number of images. Each map value is rounded to float16 and counted in one of 65,536 bins, one
 per float16 bit pattern, ordered by value; every float16 value is a threshold. So no score range needs to be known
 in advance (the grid spans every finite value), and the metrics are *exactly* those of the maps rounded to float16
-(3 significant digits, relative step 2^-11 ≈ 0.05 %); how much the rounding can change them is reported with them
+(3 significant digits, relative step 2^-11 ≈ 0.05 %; beyond ±65,504 values share the ±inf bins); how much the rounding can change them is reported with them
 (`auroc_tie_bound`, `aupro_tie_bound`: the most that breaking the ties inside the bins either way could move the
 value). Memory: three arrays of 65,536 numbers (1.5 MB), whatever the folder's size.
 """
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 N_KEYS = 1 << 16  # one bin per float16 bit pattern
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 AUPRO_FPR_LIMIT = 0.3
 CONNECTIVITY = np.ones((3, 3), dtype=int)  # 8-connected regions, as MVTec AD's evaluation code (and anomalib)
 
@@ -86,15 +85,16 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
 # --------------------------------------------------------------------------------------------- pixel level
 
 def float16_keys(values: np.ndarray) -> np.ndarray:
-    """Bin index 0 … 65,535 of each value, increasing with the value: the float16 rounding's bit pattern,
-    reordered so that integer order is numeric order (negatives reversed below the positives). NaN counts as
-    the lowest value, ±inf and values beyond float16's range as its largest finite magnitude."""
+    """Bin index 0 … 65,535 (uint16) of each value, increasing with the value: the bit pattern of its float16
+    rounding, with the sign bit flipped for positives and every bit for negatives, so that integer order is
+    numeric order. Values beyond float16's range fall in the ±inf bins at the ends; NaN counts as -inf."""
     v = np.asarray(values)
     v = v if v.dtype in (np.float16, np.float32, np.float64) else v.astype(np.float32)  # rounded once, to float16
-    v = np.nan_to_num(v, nan=-FLOAT16_MAX, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX)
-    bits = np.clip(v, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16).view(np.uint16)
-    negative = bits >= 0x8000
-    return np.where(negative, 0xFFFF - bits, bits | 0x8000).astype(np.intp)
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+    with np.errstate(over="ignore"):
+        bits = v.astype(np.float16).view(np.uint16)
+    return bits ^ ((bits >> 15) * np.uint16(0x7FFF) | np.uint16(0x8000))
 
 
 def key_values() -> np.ndarray:
@@ -136,16 +136,19 @@ class PixelAccumulator:
         keys = float16_keys(anomaly_map).ravel()
         c = self.counts
         c.n_images += 1
+        every = np.bincount(keys, minlength=N_KEYS)
         if not mask.any():
-            c.normal += np.bincount(keys, minlength=N_KEYS)
+            c.normal += every
             return
         regions, n = label(mask, structure=CONNECTIVITY)
         regions = regions.ravel()
-        inside = regions > 0
-        c.normal += np.bincount(keys[~inside], minlength=N_KEYS)
-        c.defect += np.bincount(keys[inside], minlength=N_KEYS)
-        sizes = np.bincount(regions, minlength=n + 1).astype(np.float64)
-        c.overlap += np.bincount(keys[inside], weights=1.0 / sizes[regions[inside]], minlength=N_KEYS)
+        inside = np.flatnonzero(mask.ravel())  # the pixels of some region
+        defect_keys, defect_regions = keys[inside], regions[inside]
+        defect = np.bincount(defect_keys, minlength=N_KEYS)
+        c.normal += every - defect
+        c.defect += defect
+        sizes = np.bincount(defect_regions, minlength=n + 1).astype(np.float64)
+        c.overlap += np.bincount(defect_keys, weights=1.0 / sizes[defect_regions], minlength=N_KEYS)
         c.n_regions += int(n)
 
     def merge(self, other: "PixelAccumulator") -> None:
