@@ -299,3 +299,29 @@ def test_evaluation_report_renders_with_its_images(mvtec, tmp_path):
     assert int(total.group(1)) == len(parse(page).imgs) == 3 + 16
     assert int(ok.group(1)) == int(total.group(1))
     assert plots.group(1).split() == ["roc.png", "histograms.png", "pro.png"]
+
+
+def test_pixel_metrics_equal_reference_on_full_size_maps(mvtec, tmp_path):
+    """End to end: evaluate's pixel AUROC and AUPRO equal the reference computed from every map upsampled to its
+    image's own size (the model run directly, masks read here) within the reported precision."""
+    from test_metrics import reference_aupro
+
+    from icsscan import data
+    from icsscan.maps import upsample
+    from icsscan.scan import load_model
+
+    proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    pixel = read_metrics(tmp_path / "ev")["pixel"]
+    model = load_model(mvtec["model"])
+    maps, masks = [], []
+    for path in sorted(mvtec["test"].rglob("*.png")):
+        rgb, size = data.decode_image_sized(path, (W, H))
+        _, m = model.score_and_map(data.to_channels(rgb[None], 1))
+        maps.append(upsample(m[0], size))
+        mask = mvtec["truth"] / path.parent.name / f"{path.stem}_mask.png"
+        masks.append(np.asarray(Image.open(mask)) != 0 if mask.exists() else np.zeros(maps[-1].shape, bool))
+    flat_m, flat_g = np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in masks])
+    bound = pixel["precision"]
+    assert abs(pixel["pixel_auroc"] - roc_auc_score(flat_g, flat_m)) <= min(1e-3, bound["auroc_tie_bound"] + 1e-9)
+    assert abs(pixel["aupro"] - reference_aupro(maps, masks)) <= min(1e-3, bound["aupro_tie_bound"] + 1e-9)
