@@ -420,7 +420,8 @@ def evaluate(
             evaluation = evaluate_items(items, loaded_model, false_alarm_rate, batch_size, workers,
                                         on_progress=on_progress)
         source = {"data": str(data) if data else None, "labels": str(labels) if labels else None,
-                  "masks": str(masks) if masks else None}
+                  "masks": str(masks) if masks else None, "false_alarm_rate": false_alarm_rate,
+                  "batch_size": batch_size, "workers": workers, "device": device}
         gates = {"--min-auroc": min_auroc, "--min-pixel-auroc": min_pixel_auroc, "--min-aupro": min_aupro}
         metrics = write_evaluation(evaluation, out, source, gates, command=sys.argv, html=html)
         print_evaluation(metrics, out)

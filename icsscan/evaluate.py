@@ -233,7 +233,7 @@ class WorstMaps:
 
     def offer(self, seq: int, row: Row, label: int, anomaly_map: np.ndarray) -> None:
         heap, key = (self.misses, -row.score) if label == 1 else (self.alarms, row.score)
-        entry = (key, seq, row.path, anomaly_map.astype(np.float16))
+        entry = (key, -seq, row.path, anomaly_map.astype(np.float16))  # ties: the earlier image, as worst_entries
         if len(heap) < self.k:
             heapq.heappush(heap, entry)
         elif key > heap[0][0]:
