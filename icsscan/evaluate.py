@@ -583,7 +583,8 @@ def write_evaluation_html(metrics: dict, out: Path) -> Path:
               + "</table>" + (f"<p>… and {len(failures) - 1000} more; see metrics.json.</p>" if len(failures) > 1000 else ""))
     body = "\n".join([
         "<style>figure.case{margin:0;max-width:820px;border:1px solid #ccc;border-radius:4px;padding:6px;"
-        "background:#fafafa} img.wide{display:block;max-width:100%;height:auto} .plots img{margin:6px}</style>",
+        "background:#fafafa} img.wide{display:block;max-width:100%;height:auto} .plots{display:flex;flex-wrap:wrap;"
+        "align-items:flex-start;gap:12px} .plots img{max-width:100%;height:auto}</style>",
         "<h1>icsscan evaluation</h1>",
         f"<p>Model <code>{esc(metrics['model']['path'])}</code> on <code>{esc(metrics['source'].get('data') or metrics['source'].get('labels'))}</code>, "
         f"{esc(metrics['finished'])}, icsscan {esc(metrics['icsscan_version'])}. "
