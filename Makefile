@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: install demo test browser clean
+.PHONY: install demo test test-fast browser clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest -q
+
+# Unit tests and one end-to-end run (train + scan on sample_data): a few minutes; `make test` runs everything.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf demo-out icsscan-model icsscan-report .pytest_cache

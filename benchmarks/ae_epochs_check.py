@@ -29,7 +29,7 @@ def main() -> None:
 
     from icsscan import data
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb
+    from icsscan.data import array_to_rgb
     from icsscan.embed import synthetic_anomalies
     from icsscan.split import ssim_scores, train_autoencoder
 

@@ -46,7 +46,7 @@ TRAIN_SYNTHETIC = 1024  # synthetic anomalies of training images, the head's aty
 
 
 def product_weights(values: dict, parts: tuple[str, ...]) -> dict[str, float]:
-    from icsscan.detector import WHOLE_OBJECT_POWER, weigh_without_labels
+    from icsscan.fusion import WHOLE_OBJECT_POWER, weigh_without_labels
 
     equal = {p: 1 / len(parts) for p in parts}
     return weigh_without_labels({p: values["cal"][p] for p in parts}, {p: values["syn"][p] for p in parts}, equal,
@@ -58,7 +58,7 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb
+    from icsscan.data import array_to_rgb
     from icsscan.embed import synthetic_anomalies
     from icsscan.local import PatchICSHead, train_patch_ics
 

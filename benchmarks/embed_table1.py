@@ -4,8 +4,8 @@ The frozen ImageNet EfficientNet-Lite0 embedding of every image is computed once
 (`embed_cache.py`, the graph `icsscan scan` runs); each cell then runs the library's own fitting code on them:
 `icsscan.detector.calibration_holdout` (10 % of the class's training images held out), `embed.fit_embedding`
 (kNN bank + ICS head on embeddings, split by leave-one-out kNN distance), `embed.synthetic_anomalies` on the
-held-out normals (embedded by the same graph) for the label-free weights (`detector.weigh_without_labels`),
-`detector.standardise_and_offset`, then the test set's fused score. Only the images' pass through the frozen
+held-out normals (embedded by the same graph) for the label-free weights (`fusion.weigh_without_labels`),
+`fusion.standardise_and_offset`, then the test set's fused score. Only the images' pass through the frozen
 network is shared between cells; everything trained is trained per cell and seed.
 
 Methods written (rows of the same format as table1_raw.csv, into table1_embed_raw.csv):
@@ -54,7 +54,8 @@ SYNTHETIC_MAX = 256  # held-out normals given a synthetic anomaly (as icsscan.de
 def cell_split(ds, cls: int, seed: int, calibration_fraction: float):
     """One cell's images as the library splits them: (class indices into the training set, fit and held-out
     positions within them, the class's images, held-out normals given a synthetic anomaly (RGB), their donors)."""
-    from icsscan.detector import array_to_rgb, calibration_holdout
+    from icsscan.data import array_to_rgb
+    from icsscan.detector import calibration_holdout
 
     idx = np.flatnonzero(ds.y_train == cls)
     fit_idx, cal_idx = calibration_holdout(len(idx), calibration_fraction, seed)
@@ -82,7 +83,7 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
     import torch
 
     from icsscan.config import preset_config
-    from icsscan.detector import array_to_rgb
+    from icsscan.data import array_to_rgb
     from icsscan.embed import fit_embedding, synthetic_anomalies
 
     torch.manual_seed(seed)
@@ -138,9 +139,9 @@ FUSIONS = (  # method, its components, the equal-weight row of the same componen
 
 def fused_rows(values: dict, rho: float) -> list[tuple[str, np.ndarray, dict]]:
     """Every fused method whose components `values` holds: weighted without labels as the product does
-    (detector.weigh_without_labels, ∝ (2·AUC − 1)^WHOLE_OBJECT_POWER, summed linearly), and with equal weights
+    (fusion.weigh_without_labels, ∝ (2·AUC − 1)^WHOLE_OBJECT_POWER, summed linearly), and with equal weights
     (fixed weights: through the signed log, as the product does with --weights fixed)."""
-    from icsscan.detector import WHOLE_OBJECT_POWER, weigh_without_labels
+    from icsscan.fusion import WHOLE_OBJECT_POWER, weigh_without_labels
 
     out = []
     for method, parts, equal_method in FUSIONS:
@@ -160,7 +161,7 @@ def fused_logit(values: dict, weights: dict[str, float], rho: float, compress: b
     """The test set's fused score before the sigmoid, with centres and spreads from the held-out normals: the
     same ranking as AnomalyScorer's output, without ties where the sigmoid saturates in float32. compress: the
     signed log before the sum, as the product does with fixed weights (label-free weights: a linear sum)."""
-    from icsscan.detector import fused_sum, standardise_and_offset
+    from icsscan.fusion import fused_sum, standardise_and_offset
 
     fusion = standardise_and_offset({p: values["cal"][p] for p in weights}, weights, rho, compress)
     return fused_sum({p: values["test"][p] for p in weights}, fusion, compress)

@@ -7,7 +7,7 @@ calibration split, the memory bank, the synthetic defects and the head's initial
 backbone's features of every training and test image are computed once (onnxruntime, cached under
 benchmarks/.cache/local_seeds), and only what the seed and the variant change is recomputed, in the product's
 own code path: local.embed_images / greedy_coreset / synthetic_defect_patches / train_patch_ics, then
-detector.fit_local_fusion and LocalScorer's fused score. Checked against the CLI: deeppcb seed 0 0.9108 here vs
+fusion.fit_local_fusion and LocalScorer's fused score. Checked against the CLI: deeppcb seed 0 0.9108 here vs
 0.9111 through `icsscan train` + `scan` (ONNX); casting 0.9937 vs 0.9938.
 
     python benchmarks/local_seeds.py --sets deeppcb,casting --seeds 0,1,2 \
@@ -40,7 +40,8 @@ from icsscan import ICSDetector, data  # noqa: E402
 from icsscan import local as L  # noqa: E402
 from icsscan.backbones import PatchFeatures, onnx_runtime  # noqa: E402
 from icsscan.config import preset_config, score_parts  # noqa: E402
-from icsscan.detector import calibration_holdout, fit_local_fusion  # noqa: E402
+from icsscan.detector import calibration_holdout  # noqa: E402
+from icsscan.fusion import fit_local_fusion  # noqa: E402
 from icsscan.runinfo import machine, now_iso, versions  # noqa: E402
 
 RESULTS = HERE / "results"

@@ -241,7 +241,7 @@ def _tensor(images: np.ndarray, device):
     """uint8 → (N,C,S,S) float in [0,1] on device, channels chosen like ICSDetector (1 if grey)."""
     import torch
     from icsscan import data
-    from icsscan.detector import array_to_rgb
+    from icsscan.data import array_to_rgb
 
     rgb = array_to_rgb(images, images.shape[1])
     channels = 1 if images.ndim == 3 else 3
@@ -281,7 +281,7 @@ def run_cell(method: str, ds: Dataset, cls: int, seed: int, iterations: str | No
     if method in ("icsscan_small", "icsscan_small_rotonly"):
         from icsscan import ICSDetector
         from icsscan.config import GLOBAL_DEFAULT_SCORE, preset_config
-        from icsscan.detector import array_to_rgb
+        from icsscan.data import array_to_rgb
 
         ae = ae_epochs_for(method, options)
         det = ICSDetector(preset="default", seed=seed, device=str(dev), rho=rho, backbone="small",

@@ -1,7 +1,7 @@
 """Label-free weighting rules for the whole-object components, compared offline on dumped component scores.
 
 Issue 17 asks the default to weigh its components (eknn, eics, ssim) from normal images alone. The rule in the
-product (`detector.weigh_without_labels`: weight ∝ (2·AUC − 1)^8, the AUC of each component on held-out normals
+product (`fusion.weigh_without_labels`: weight ∝ (2·AUC − 1)^8, the AUC of each component on held-out normals
 vs synthetic anomalies made from them, the standardised components summed linearly) was chosen here; until
 2026-12-02 it was ∝ (2·AUC − 1)² through a signed log, near-equal weights on the digit sets. This script replays
 the rules on the *same* fitted components, so that only the rule differs: each cell's scores on held-out normals
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 import paper_eval as pe  # noqa: E402
 from embed_table1 import fused_logit, load_cell  # noqa: E402
 
-from icsscan.detector import WHOLE_OBJECT_POWER  # noqa: E402
+from icsscan.fusion import WHOLE_OBJECT_POWER  # noqa: E402
 from icsscan.local import label_free_weights  # noqa: E402
 
 PARTS = ("eknn", "eics", "ssim")

@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .errors import UsageError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; larger declared sizes are treated as decompression bombs
 GREY_TOLERANCE = 3  # max |R-G|, |G-B| (of 255) for an RGB image to count as grey (JPEG chroma noise)
@@ -318,3 +320,38 @@ def local_input_size(shape: tuple[int, int], long_side: int = 0, min_side: int =
     side = long_side or min(max(max(w, h), min_side), max_side)
     scale = side / max(w, h)
     return max(16, int(round(w * scale / 16)) * 16), max(16, int(round(h * scale / 16)) * 16)
+
+
+# --------------------------------------------------------------------------------------------- library inputs
+
+def list_inputs(X: object) -> list[Path]:
+    """A folder, a single file, or a list of paths → list of image paths."""
+    if isinstance(X, (str, os.PathLike)):
+        root = Path(X)
+        if not root.exists():
+            raise UsageError(f"{root}: no such file or folder")
+        return find_images(root)
+    if isinstance(X, Sequence):
+        return [Path(p) for p in X]
+    raise UsageError(f"cannot read images from a {type(X).__name__}; pass a folder, a list of paths or an array")
+
+
+def array_to_rgb(X: np.ndarray, size: Size) -> np.ndarray:
+    """(N,H,W), (N,H,W,1|3) or (N,1|3,H,W) images (uint8, or float in [0,1]) → RGB uint8 (N,height,width,3);
+    `size` is a side or (width, height)."""
+    X = np.asarray(X)
+    if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
+        X = np.moveaxis(X, 1, -1)
+    if X.dtype != np.uint8:
+        X = np.clip(np.rint(X.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    if X.ndim == 3:
+        X = X[..., None]
+    if X.ndim != 4 or X.shape[-1] not in (1, 3):
+        raise UsageError(f"image array must be (N,H,W) or (N,H,W,1|3), got shape {X.shape}")
+    if X.shape[-1] == 1:
+        X = np.repeat(X, 3, axis=-1)
+    w, h = wh(size)
+    if X.shape[1:3] != (h, w):
+        X = np.stack([np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR)) for a in X])
+    return X
+

@@ -17,7 +17,9 @@ import torch
 
 from . import __version__
 from .backbones import trace_onnx
+from .config import ICSConfig
 from .errors import ModelError
+from .files import write_bytes_atomic
 from .runinfo import hash_json, now_iso
 
 PARITY_TOLERANCE = 1e-4
@@ -25,17 +27,15 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME, MAP_NAME = "pixels", "score", "map"
 
 
-def metadata_for(det, opset: int) -> dict[str, str]:
-    """Everything `scan` needs besides the graph, as strings (ONNX metadata_props are string→string)."""
-    cfg = det.config_
-    meta = det.bundle_metadata() if hasattr(det, "split_") else det.metadata_
-    calibration = det.calibration_dict() if hasattr(det, "split_") else {
-        "n": int(len(det.calibration_scores_)), "scores": [round(float(s), 7) for s in det.calibration_scores_],
-        "score": cfg.score, "rho": cfg.rho}
+def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
+    """Everything `scan` needs besides the graph, as strings (ONNX metadata_props are string→string).
+
+    `bundle`: the bundle's dict (bundle.contents: config.json's metadata plus its "calibration")."""
+    cfg = ICSConfig.from_dict(bundle["config"])
     local = {}
     if cfg.is_local:
         local = {"image_height": str(cfg.image_height), "outputs": f"{OUTPUT_NAME},{MAP_NAME}",
-                 "map_stride": str(det.scorer_.features.stride),
+                 "map_stride": str(bundle["local"]["map_stride"]),
                  "map_meaning": "per-location fused anomaly evidence (standardised on held-out normals; > 0 = "
                                 "less typical than the median normal location); the score rises with its peak"}
     return {
@@ -46,12 +46,12 @@ def metadata_for(det, opset: int) -> dict[str, str]:
         "channels": str(cfg.channels),
         "input": "float32 pixels in [0,1], NCHW; RGB decoded by Pillow, bilinear resize (squash) to image_size, "
                  "1 channel = ITU-R 601 luma; standardisation is inside the graph",
-        "normalisation": json.dumps(meta.get("normalisation", {})),
+        "normalisation": json.dumps(bundle.get("normalisation", {})),
         "score": cfg.score,
         "rho": str(cfg.rho),
-        "default_threshold": str(det.threshold_),
-        "calibration": json.dumps(calibration),
-        "config_hash": meta.get("config_hash") or hash_json(cfg.to_dict()),
+        "default_threshold": str(bundle["threshold"]),
+        "calibration": json.dumps(bundle["calibration"]),
+        "config_hash": bundle.get("config_hash") or hash_json(cfg.to_dict()),
         "config": json.dumps(cfg.to_dict()),
         "preset": cfg.preset,
         "opset": str(opset),
@@ -60,12 +60,21 @@ def metadata_for(det, opset: int) -> dict[str, str]:
 
 
 def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet: bool = False) -> float:
-    """Write `det`'s scorer to `path` (atomically); returns the measured max |ONNX − PyTorch| on real images."""
+    """Write a fitted or loaded detector's scorer to `path` (export_scorer with its bundle's dict)."""
+    from .bundle import contents
+
+    return export_scorer(det.scorer_, contents(det), path, getattr(det, "parity_inputs_", None), opset, quiet)
+
+
+def export_scorer(scorer: torch.nn.Module, bundle: dict, path: str | os.PathLike, parity_sample: np.ndarray | None,
+                  opset: int = DEFAULT_OPSET, quiet: bool = False) -> float:
+    """Write `scorer` to `path` (atomically) with the bundle's dict as metadata; returns the measured
+    max |ONNX − PyTorch| on real images (`parity_sample`: uint8 RGB images at the model's input size)."""
     import onnx
 
     path = Path(path)
-    scorer = det.scorer_.to("cpu").eval()
-    cfg = det.config_
+    scorer = scorer.to("cpu").eval()
+    cfg = ICSConfig.from_dict(bundle["config"])
     height = cfg.image_height if cfg.is_local else cfg.image_size
     example = torch.rand(2, cfg.channels, height, cfg.image_size)
     outputs = [OUTPUT_NAME, MAP_NAME] if cfg.is_local else [OUTPUT_NAME]
@@ -74,32 +83,28 @@ def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet:
     model = trace_onnx(scorer, example, input_names=[INPUT_NAME], output_names=outputs,
                        dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                        opset_version=opset)
-    for key, value in metadata_for(det, opset).items():
+    for key, value in metadata_for(bundle, opset).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name, model.producer_version = "icsscan", __version__
     onnx.checker.check_model(model, full_check=True)
 
-    inputs = parity_inputs(det)
+    inputs = parity_inputs(parity_sample, cfg)
     max_diff = parity_check(model.SerializeToString(), scorer, inputs)
     if not quiet:
         print(f"export: onnx.checker passed; parity on {len(inputs)} real images: max |onnx - torch| = {max_diff:.2e}",
               file=sys.stderr)
     if not max_diff <= PARITY_TOLERANCE:
         raise ModelError(f"ONNX export differs from PyTorch by {max_diff:.2e} > {PARITY_TOLERANCE:.0e}; not written")
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, model.SerializeToString())
     return max_diff
 
 
-def parity_inputs(det) -> np.ndarray:
+def parity_inputs(sample: np.ndarray | None, cfg: ICSConfig) -> np.ndarray:
     """Real images (from the bundle's parity sample) as float32 NCHW; random pixels only as a last resort."""
     from .data import to_channels
 
-    cfg = det.config_
-    sample = getattr(det, "parity_inputs_", None)
     if sample is not None and len(sample):
         return to_channels(np.asarray(sample), cfg.channels).astype(np.float32)
     height = cfg.image_height if cfg.is_local else cfg.image_size

@@ -11,6 +11,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import UsageError
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → cuda when available, else cpu; a CUDA device asked for on a machine without one is a UsageError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use auto or cpu)")
+    return torch.device(name)
+
 
 def n_halvings(size: int, stop: int = 4) -> int:
     """How many stride-2 stages bring `size` down to ≤ `stop` (at least 2)."""

@@ -13,6 +13,7 @@ from pytorch_msssim.ssim import _ssim
 from torch.nn import functional as F
 
 from .config import ICSConfig
+from .files import atomic_write
 from .models import ConvAutoencoder
 
 
@@ -110,7 +111,7 @@ def write_split_csv(path: Path, paths: Sequence[str], ssim_values: np.ndarray, r
                     atypical: np.ndarray) -> None:
     """split.csv ordered by rank (least similar first): path,ssim,rank,subset."""
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes and read back unchanged
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "ssim", "rank", "subset"])
         for i in np.argsort(rank):
@@ -141,4 +142,5 @@ def save_preview(path: Path, images: torch.Tensor, ssim_values: np.ndarray, per_
     most_typical = torch.as_tensor(order[::-1][:k].copy())
     most_atypical = torch.as_tensor(order[:k].copy())
     grid = torch.cat([images[most_typical].cpu(), images[most_atypical].cpu()])
-    save_image(grid, str(path), nrow=per_row, padding=2, pad_value=1.0)
+    with atomic_write(path, "wb") as f:
+        save_image(grid, f, format="PNG", nrow=per_row, padding=2, pad_value=1.0)

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from icsscan import ICSDetector
 from icsscan.config import preset_config
-from icsscan.detector import array_to_rgb
+from icsscan.data import array_to_rgb
 from icsscan.errors import UsageError
 from icsscan.models import rotations4
 
@@ -50,6 +50,7 @@ def sevens_model():
     return det, xt[idx], (yt[idx] != 7).astype(int)
 
 
+@pytest.mark.slow
 def test_every_component_and_the_fusion_beat_chance(sevens_model):
     det, images, is_anomaly = sevens_model
     assert det.scorer_.parts == ("ics", "ssim", "rot", "maha")
@@ -72,12 +73,14 @@ def test_every_component_and_the_fusion_beat_chance(sevens_model):
     assert np.allclose(det.score_samples(images), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_about_rho_of_held_out_normals_score_above_half(sevens_model):
     det, _, _ = sevens_model
     above = float(np.mean(det.calibration_scores_ >= 0.5))
     assert 0.0 < above < 0.3   # 0.5 is placed at the (1 − ρ) quantile of the calibration normals (ρ = 0.1)
 
 
+@pytest.mark.slow
 def test_shared_pass_gives_the_same_components_as_separate_calls(sevens_model):
     det, images, _ = sevens_model
     x = det._tensor(array_to_rgb(images[:20], det.image_size_), torch.device("cpu"))

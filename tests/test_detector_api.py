@@ -38,6 +38,7 @@ def test_presets_differ_as_documented():
     assert ICSConfig.from_dict(default.to_dict()) == default
 
 
+@pytest.mark.slow
 def test_fit_on_arrays_with_calibration_and_percentiles():
     x, y = mnist("MNIST", True)
     zeros, others = x[y == 0][:150], x[y == 1][:40]
@@ -52,4 +53,7 @@ def test_fit_on_arrays_with_calibration_and_percentiles():
     assert (np.diff(pct) >= 0).all()
     thr = det.threshold_for_false_alarm_rate(0.1)
     assert np.mean(det.calibration_scores_ >= thr) <= 0.1 + 1e-9
-    assert set(det.predict(others, threshold=thr)) <= {0, 1}
+    others_scores = det.score_samples(others)
+    np.testing.assert_array_equal(det.predict(others, threshold=thr), (others_scores >= thr).astype(int))
+    assert det.predict(others, threshold=0.0).tolist() == [1] * len(others)  # every score is ≥ 0
+    assert det.predict(zeros[:20]).tolist() == (det.score_samples(zeros[:20]) >= 0.5).astype(int).tolist()  # default 0.5

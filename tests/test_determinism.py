@@ -13,7 +13,7 @@ def two_fits(tmp_path_factory):
 
     from icsscan import ICSDetector
     from icsscan.config import preset_config
-    from icsscan.detector import write_split_rows
+    from icsscan.bundle import write_split_rows
 
     # 120 of the sample's good images, small batches: a real (short) run of every stage, in seconds
     paths = sorted((SAMPLE / "good").glob("*.png"))[:120]
@@ -32,6 +32,7 @@ def two_fits(tmp_path_factory):
     return fits, out
 
 
+@pytest.mark.slow
 def test_same_seed_same_split_csv(two_fits):
     fits, out = two_fits
     a, b = (out / "split0.csv").read_bytes(), (out / "split1.csv").read_bytes()
@@ -39,6 +40,7 @@ def test_same_seed_same_split_csv(two_fits):
     assert fits[0].split_["atypical"].sum() == int(0.1 * fits[0].n_train_)
 
 
+@pytest.mark.slow
 def test_same_seed_identical_scores(two_fits):
     fits, _ = two_fits
     a, b = fits

@@ -77,6 +77,7 @@ def test_synthetic_anomalies_are_deterministic_and_change_every_image():
     assert all((a[i] != images[i]).any() for i in range(len(images)))
 
 
+@pytest.mark.slow
 def test_pretrained_whole_object_model_screens_sample_data(embed_model):
     """Sneakers vs other garments from 400 normal images: well above chance, with label-free weights recorded."""
     from icsscan import ICSDetector
@@ -95,6 +96,7 @@ def test_pretrained_whole_object_model_screens_sample_data(embed_model):
     assert (embed_model / "embed.pt").is_file() and not (embed_model / "split.csv").exists()
 
 
+@pytest.mark.slow
 def test_embed_onnx_equals_pytorch(embed_model):
     """The exported graph (embedding network, bank, ICS head, fusion) equals PyTorch within 1e-4."""
     import onnxruntime as ort
@@ -113,6 +115,7 @@ def test_embed_onnx_equals_pytorch(embed_model):
     assert np.abs(got - want).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_cli_scan_of_an_embed_model(embed_model, tmp_path):
     r = run_cli("scan", SAMPLE / "incoming", "--model", embed_model, "--out", tmp_path / "r", "--no-html")
     assert r.returncode in (0, 1), r.stderr
@@ -135,6 +138,7 @@ def test_ics_head_ablation_switches_train():
     assert {"closeness", "intra_class", "dispersion"} <= set(log[0])
 
 
+@pytest.mark.slow
 def test_default_whole_object_model_trains_only_what_it_reads(tmp_path):
     """The default on small images: eknn+eics+ssim — the split autoencoder is trained (its split.csv written),
     the from-scratch ICS classifier is not (no train iterations of it), weights chosen without labels."""

@@ -139,6 +139,7 @@ def _check_skip_warnings(stderr: str, broken: list[Path]) -> None:
     assert all(line.startswith(("icsscan: ", "export: ")) for line in others), others
 
 
+@pytest.mark.slow
 def test_train_skips_bad_files_with_one_line_warnings(tmp_path):
     broken = _train_folder(tmp_path / "good")
     before = tree_state(tmp_path / "good")
@@ -153,6 +154,7 @@ def test_train_skips_bad_files_with_one_line_warnings(tmp_path):
     assert tree_state(tmp_path / "good") == before
 
 
+@pytest.mark.slow
 def test_split_skips_bad_files_with_one_line_warnings(tmp_path):
     broken = _train_folder(tmp_path / "good")
     r = run_cli("split", tmp_path / "good", "--out", tmp_path / "split", "--epochs", 1, "--device", "cpu", timeout=600,

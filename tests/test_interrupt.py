@@ -33,6 +33,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_scan_5000_files_gives_5000_rows(many_files, tiny_bundle, tmp_path):
     root, paths = many_files
     out = tmp_path / "report"
@@ -84,6 +85,7 @@ def opened_a_file_under(pid: int, folder: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to see when scanning starts")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_scan_leaves_no_or_a_partial_report(sig, many_files, tiny_bundle, tmp_path):
@@ -140,6 +142,7 @@ def assert_no_loadable_bundle(out: Path) -> None:
     assert not leftovers, leftovers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_train_leaves_no_bundle(sig, small_train_folder, tmp_path):
     out = tmp_path / "model"
@@ -233,6 +236,7 @@ def test_bundle_without_config_json_is_not_complete(fitted, tmp_path):
 
 # --------------------------------------------------------------------------------------------- resume
 
+@pytest.mark.slow
 def test_scan_killed_mid_run_resumes_to_the_same_report(many_files, tiny_bundle, tmp_path):
     """SIGKILL (no cleanup at all) mid-scan, then `--resume`: scores.csv equals an uninterrupted run's."""
     root, _ = many_files

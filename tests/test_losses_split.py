@@ -80,11 +80,12 @@ def test_split_counts_and_order():
     assert ssim[rank == 1][0] == ssim.min()
 
 
-def test_split_ties_are_deterministic():
-    ssim = np.array([0.5] * 10 + [0.9] * 10)
-    _, a1 = split_by_ssim(ssim, 0.25)
-    _, a2 = split_by_ssim(ssim, 0.25)
-    assert (a1 == a2).all() and a1.sum() == 5 and a1[:5].all()
+def test_split_ties_are_broken_by_index():
+    """Equal SSIM values rank by position: the first of the tied images are the atypical ones, wherever they are."""
+    ssim = np.array([0.9] * 5 + [0.5] * 10 + [0.9] * 5)
+    rank, atypical = split_by_ssim(ssim, 0.25)
+    assert np.flatnonzero(atypical).tolist() == [5, 6, 7, 8, 9]
+    assert rank[5:15].tolist() == list(range(1, 11)) and rank[:5].tolist() == list(range(11, 16))
 
 
 @pytest.mark.parametrize("rho,n", [(0.0, 100), (0.5, 100), (0.1, 15)])

@@ -94,6 +94,7 @@ def test_bundle_and_report_follow_the_umask(mask, umask, fitted, tiny_bundle, tm
     assert_umask_modes(report, mask)
 
 
+@pytest.mark.slow
 def test_cli_train_and_scan_outputs_are_world_readable_under_umask_022(tmp_path):
     """What the issue checks: after `train` and `scan` under umask 022, everything is world-readable."""
     set_umask = lambda: os.umask(0o022)  # noqa: E731

@@ -33,6 +33,7 @@ def mnist_model(mnist_zero_folders, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_bundle_contents(mnist_model):
     names = {p.name for p in mnist_model.iterdir()}
     assert {"config.json", "classifier.pt", "autoencoder.pt", "calibration.json", "split.csv", "train_log.csv",
@@ -50,6 +51,7 @@ def test_bundle_contents(mnist_model):
     assert len(split_rows) == 900 and sum(r["subset"] == "atypical" for r in split_rows) == 90
 
 
+@pytest.mark.slow
 def test_issue3_check_export_scan_auc_and_exit_codes(mnist_model, mnist_zero_folders, tmp_path):
     onnx_path = tmp_path / "model.onnx"
     r = run_cli("export", mnist_model, "-o", onnx_path)
@@ -88,6 +90,7 @@ def test_issue3_check_export_scan_auc_and_exit_codes(mnist_model, mnist_zero_fol
     assert r.returncode == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_false_alarm_rate_threshold_matches_calibration(mnist_model, mnist_zero_folders, tmp_path):
     report = tmp_path / "r"
     r = run_cli("scan", mnist_zero_folders["test"] / "normal", "--model", mnist_model, "--false-alarm-rate", 0.05,
@@ -100,6 +103,7 @@ def test_false_alarm_rate_threshold_matches_calibration(mnist_model, mnist_zero_
     assert summary["counts"]["anomalies"] / summary["counts"]["scored"] <= 0.15
 
 
+@pytest.mark.slow
 def test_library_roundtrip_matches_onnx_scan(mnist_model, mnist_zero_folders, tmp_path):
     from icsscan import ICSDetector
     from icsscan.scan import load_model, score_paths
@@ -116,6 +120,7 @@ def test_library_roundtrip_matches_onnx_scan(mnist_model, mnist_zero_folders, tm
     assert 0 <= det.normal_percentile(torch_scores).min() <= det.normal_percentile(torch_scores).max() <= 1
 
 
+@pytest.mark.slow
 def test_split_cli_and_train_cli_on_600_pngs(mnist_zero_folders, tmp_path):
     from conftest import mnist
 
