@@ -577,16 +577,18 @@ def write_evaluation_html(metrics: dict, out: Path) -> Path:
     legend = ("<p>Each picture: the image | its anomaly map over it (blue = typical, red = least typical; the ring "
               "marks the peak) | the ground-truth mask, where there is one.</p>") if metrics["model"]["outputs_maps"] else ""
     failures = metrics["unreadable"]
-    failed = ("<p>None: every image was scored.</p>" if not failures else
-              '<table class="failures" id="unreadable">' + "".join(
-                  f"<tr><td><code>{esc(f['path'])}</code></td><td>{esc(f['reason'])}</td></tr>" for f in failures[:1000])
-              + "</table>" + (f"<p>… and {len(failures) - 1000} more; see metrics.json.</p>" if len(failures) > 1000 else ""))
+    listed = "".join(f"<tr><td><code>{esc(f['path'])}</code></td><td>{esc(f['reason'])}</td></tr>"
+                     for f in failures[:1000])
+    more = f"<p>… and {len(failures) - 1000} more; see metrics.json.</p>" if len(failures) > 1000 else ""
+    failed = (f'<table class="failures" id="unreadable">{listed}</table>{more}' if failures
+              else "<p>None: every image was scored.</p>")
     body = "\n".join([
         "<style>figure.case{margin:0;max-width:820px;border:1px solid #ccc;border-radius:4px;padding:6px;"
         "background:#fafafa} img.wide{display:block;max-width:100%;height:auto} .plots{display:flex;flex-wrap:wrap;"
         "align-items:flex-start;gap:12px} .plots img{max-width:100%;height:auto}</style>",
         "<h1>icsscan evaluation</h1>",
-        f"<p>Model <code>{esc(metrics['model']['path'])}</code> on <code>{esc(metrics['source'].get('data') or metrics['source'].get('labels'))}</code>, "
+        f"<p>Model <code>{esc(metrics['model']['path'])}</code> on "
+        f"<code>{esc(metrics['source'].get('data') or metrics['source'].get('labels'))}</code>, "
         f"{esc(metrics['finished'])}, icsscan {esc(metrics['icsscan_version'])}. "
         'Numbers: <a href="metrics.json">metrics.json</a>, per image: <a href="scores.csv">scores.csv</a>.</p>',
         "<h2>Gates</h2>", gate_html,

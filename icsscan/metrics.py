@@ -10,9 +10,9 @@ false-positive rate from 0 to 0.3 and divided by 0.3) from maps added one image 
 not grow with the number of images. Each map value is rounded to float16 and counted in one of 65,536 bins, one
 per float16 bit pattern, ordered by value; every float16 value is a threshold. So no score range needs to be known
 in advance (the grid spans every finite value), and the metrics are *exactly* those of the maps rounded to float16
-(3 significant digits, relative step 2^-11 ≈ 0.05 %; beyond ±65,504 values share the ±inf bins); how much the rounding can change them is reported with them
-(`auroc_tie_bound`, `aupro_tie_bound`: the most that breaking the ties inside the bins either way could move the
-value). Memory: three arrays of 65,536 numbers (1.5 MB), whatever the folder's size.
+(3 significant digits, relative step 2^-11 ≈ 0.05 %; values beyond ±65,504 share the ±inf bins). How much the
+rounding can change them is reported with them (`auroc_tie_bound`, `aupro_tie_bound`: the most that ordering the
+pixels tied inside a bin either way could move the value). Memory: three arrays of 65,536 numbers (1.5 MB), whatever the folder's size.
 """
 from __future__ import annotations
 
