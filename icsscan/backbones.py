@@ -93,7 +93,7 @@ class PatchFeatures(nn.Module):
     its ImageNet features are the point.
     """
 
-    def __init__(self, pretrained: bool = True, pool: int = 1):
+    def __init__(self, pretrained: bool = True, pool: int = 1, pad: int = 0, normalise: bool = False):
         super().__init__()
         self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=FEATURE_STAGES)
         for p in self.net.parameters():
@@ -101,6 +101,20 @@ class PatchFeatures(nn.Module):
         self.dim = sum(STAGE_CHANNELS[s] for s in FEATURE_STAGES)
         self.pool = pool
         self.stride = STAGE_STRIDES[FEATURE_STAGES[0]]
+        # reflect-padding of the input by `pad` px (a multiple of the coarsest stride, 16), cropped off the maps:
+        # the network's zero "same" padding otherwise makes the outermost cells unlike anything inside the part,
+        # and they read as anomalous (peaks on the image border); mirrored content looks like the part's own
+        if pad % STAGE_STRIDES[FEATURE_STAGES[-1]]:
+            raise ValueError(f"pad must be a multiple of {STAGE_STRIDES[FEATURE_STAGES[-1]]}, got {pad}")
+        self.pad = pad
+        # normalise: each image's brightness and contrast (mean and spread of its pixels) are brought to the
+        # training images' typical ones (`level`, set at fit) before the network. A change of lighting or exposure
+        # between sessions moves every patch feature, and kNN then calls a whole normal image abnormal
+        # (magnetic tiles: the test captures are ~2x brighter than the training ones); a local defect is still
+        # there after a global gain and offset
+        self.normalise = normalise
+        if normalise:
+            self.register_buffer("level", torch.tensor([0.5, 0.25]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         runtime = self.__dict__.get("_runtime")  # set only inside onnx_runtime() (fitting), never while exporting
@@ -109,14 +123,22 @@ class PatchFeatures(nn.Module):
         return self.embed(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalise:
+            mean, spread = x.mean((1, 2, 3), keepdim=True), x.std((1, 2, 3), keepdim=True)
+            x = (x - mean) / (spread + 1e-3) * self.level[1] + self.level[0]
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, mode="reflect")
         maps = self.net(x * 2.0 - 1.0)
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         cat = torch.cat(maps, 1)
-        if self.pool == 1:
-            return cat
-        return F.avg_pool2d(cat, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        if self.pool > 1:
+            cat = F.avg_pool2d(cat, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        if self.pad:
+            c = self.pad // self.stride
+            cat = cat[:, :, c:-c, c:-c]
+        return cat
 
 
 @contextmanager

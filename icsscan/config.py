@@ -93,6 +93,12 @@ class ICSConfig:
                                    # (local_seeds.md), default AUC per seed 0 / 1 / 2, 3×3 → none: deeppcb 0.917 /
                                    # 0.899 / 0.895 → 0.963 / 0.965 / 0.956; casting 0.9947 / 0.9937 / 0.9924 →
                                    # 0.9965 / 0.9960 / 0.9940 (knn alone 0.948 → 0.984 on casting seed 0)
+    patch_pad: int = 16            # px of reflect-padding around the image before the backbone, cropped off the maps
+                                   # (a multiple of 16; 0 = none): the network's zero padding made the outermost
+                                   # cells read as anomalous (unseen commutators: 58 of 155 map peaks on the border)
+    normalise_brightness: bool = True  # each image's pixel mean and spread brought to the training images' typical
+                                   # ones before the backbone: lighting that changes between sessions is not a
+                                   # defect (magnetic_tile: test captures ~2x brighter; suite_study.md)
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 2048          # patches in the memory bank: bounds memory and the scan's kNN cost (~half of a
                                    # 304-px scan's graph at 4,096). With unaveraged features 2,048 lost nothing
@@ -194,6 +200,8 @@ class ICSConfig:
             raise ValueError("ics_losses none needs the rotation task (nothing would train the network)")
         if self.patch_pool < 1 or self.patch_pool % 2 == 0:
             raise ValueError(f"patch_pool must be an odd number ≥ 1, got {self.patch_pool!r}")
+        if self.patch_pad < 0 or self.patch_pad % 16:
+            raise ValueError(f"patch_pad must be a multiple of 16 (0 = none), got {self.patch_pad!r}")
         if self.patch_heads < 1:
             raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
         if not 0.0 <= self.patch_ema < 1.0:

@@ -27,6 +27,20 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME, MAP_NAME = "pixels", "score", "map"
 
 
+MAP_RANGE_SPREADS = 4.0  # the colour scale's hot end, in robust spreads of the normals' hottest regions above them
+
+
+def map_colour_range(fusion: dict) -> dict[str, str]:
+    """`map_range` [lo, hi] for the overlays (scan.ScanModel.map_range): lo = the fused map's level in the hottest
+    region of a typical held-out normal image (its top-k centre), hi = MAP_RANGE_SPREADS robust spreads of that
+    level above it. A region hotter than normal parts' hottest is coloured, and one that is clearly abnormal is
+    full red, in every model's own units (a fixed scale left a visible crack almost uncoloured)."""
+    if "local_center" not in fusion or "local_scale" not in fusion:
+        return {}
+    lo, spread = float(fusion["local_center"]), float(fusion["local_scale"])
+    return {"map_range": json.dumps([lo, lo + MAP_RANGE_SPREADS * spread])}
+
+
 def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
     """Everything `scan` needs besides the graph, as strings (ONNX metadata_props are string→string).
 
@@ -38,6 +52,7 @@ def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
                  "map_stride": str(bundle["local"]["map_stride"]),
                  "map_meaning": "per-location fused anomaly evidence (standardised on held-out normals; > 0 = "
                                 "less typical than the median normal location); the score rises with its peak"}
+        local.update(map_colour_range(bundle.get("fusion") or {}))
     return {
         "icsscan_version": __version__,
         "icsscan_format": "1",

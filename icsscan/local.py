@@ -120,10 +120,10 @@ class LocalScorer(nn.Module):
 
     def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
                  fusion: dict[str, float] | None = None, pretrained: bool = True, aggregate: str = "fused",
-                 heads: int = 1, pool: int = 1):
+                 heads: int = 1, pool: int = 1, pad: int = 0, normalise: bool = False):
         super().__init__()
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
-        self.features = PatchFeatures(pretrained=pretrained, pool=pool)
+        self.features = PatchFeatures(pretrained=pretrained, pool=pool, pad=pad, normalise=normalise)
         dim = self.features.dim
         self.head = patch_head(dim, heads)
         # bank and training embeddings are stored centred on their means (and queries centred the same way):
@@ -279,6 +279,15 @@ def nearest_distance(q: torch.Tensor, bank: torch.Tensor, skip_first: bool = Fal
 
 
 # ---------------------------------------------------------------------------------------------- fitting
+
+@torch.no_grad()
+def typical_brightness(images, batch: int = 32) -> torch.Tensor:
+    """[mean, spread]: the median over images of each image's pixel mean and standard deviation (inputs in
+    [0, 1]), what PatchFeatures' brightness normalisation brings every image to."""
+    stats = [torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1).cpu()
+             for x in (images[i:i + batch] for i in range(0, len(images), batch))]
+    return torch.cat(stats).median(0).values
+
 
 @torch.no_grad()
 def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Generator,
@@ -444,7 +453,10 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     t = time.perf_counter()
     parts = score_parts(cfg.score)
     scorer = LocalScorer(images.channels, 1, len(images), parts, aggregate=cfg.local_aggregate,
-                         heads=cfg.patch_heads if "pics" in parts else 1, pool=cfg.patch_pool).to(device).eval()
+                         heads=cfg.patch_heads if "pics" in parts else 1, pool=cfg.patch_pool,
+                         pad=cfg.patch_pad, normalise=cfg.normalise_brightness).to(device).eval()
+    if cfg.normalise_brightness:
+        scorer.features.level.copy_(typical_brightness(images))
     members = head_members(scorer.head)
     # member k is trained with seed + 1000·k: its own synthetic defects, typical patches, sample order
     member_seeds = [cfg.seed + 1000 * k for k in range(len(members))]
