@@ -325,3 +325,26 @@ def test_pixel_metrics_equal_reference_on_full_size_maps(mvtec, tmp_path):
     bound = pixel["precision"]
     assert abs(pixel["pixel_auroc"] - roc_auc_score(flat_g, flat_m)) <= min(1e-3, bound["auroc_tie_bound"] + 1e-9)
     assert abs(pixel["aupro"] - reference_aupro(maps, masks)) <= min(1e-3, bound["aupro_tie_bound"] + 1e-9)
+
+
+def test_labels_csv_of_sample_data_gives_classes(tiny_onnx, tmp_path):
+    """sample_data/labels.csv (path,label,class_name; paths relative to the CSV): per-class AUROC by class_name."""
+    proc = invoke("evaluate", "--labels", SAMPLE / "labels.csv", "--model", tiny_onnx, "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    metrics = read_metrics(tmp_path / "ev")
+    with open(SAMPLE / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(metrics["image"]["per_class"]) == {r["class_name"] for r in rows if r["label"] == "1"}
+    assert metrics["counts"]["good"] == sum(r["label"] == "0" for r in rows) and metrics["counts"]["unreadable"] == 0
+
+
+def test_unreadable_mask_is_listed_not_fatal(mvtec, tmp_path):
+    shutil.copytree(mvtec["test"], tmp_path / "test")
+    shutil.copytree(mvtec["truth"], tmp_path / "ground_truth")
+    (tmp_path / "ground_truth" / "scratch" / "000_mask.png").write_bytes(b"not a png")
+    proc = invoke("evaluate", tmp_path / "test", "--model", mvtec["model"], "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    pixel = read_metrics(tmp_path / "ev")["pixel"]
+    assert [p["path"].endswith("scratch/000.png") for p in pixel["unreadable_masks"]] == [True]
+    assert "000_mask.png" in pixel["unreadable_masks"][0]["reason"]
+    assert pixel["images"] == 25 and pixel["defect_regions"] == 13
