@@ -4,7 +4,7 @@ Data flow: `find_items` (labels and masks from an MVTec AD folder or a labels CS
 pipeline itself: `scan.load_model`'s ONNX model and `scan.stream_rows`, so every score is the one `scan` gives;
 maps go to a background thread that upsamples each to its image's own size and counts it into
 `metrics.PixelAccumulator`) → `write_evaluation` (metrics.json, scores.csv, ROC / histogram / PRO plots, overlays
-of the worst misses and false alarms, report.html) → `gate_failures` (which --min-* gates were missed).
+of the worst misses and false alarms, report.html) → `gate_results` (which --min-* gates were met).
 
 Memory stays flat in the folder's size, as in `scan`: scores are kept (a float per image), maps are not; only
 the maps of the few images the report shows are held, and pixel metrics are fixed-size histograms.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import heapq
 import os
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,6 @@ from .scan import Row, ScanModel, resolve_threshold, stream_rows
 
 GOOD = "good"
 MARKER = ".icsscan-evaluation"
-DEFAULT_OUT = "icsscan-evaluation"
 WORST_K = 8  # worst misses and false alarms shown with overlays
 OVERLAY_SIDE = 256  # long side of the images in the overlays
 OVERLAY_DIR = "overlays"
@@ -286,7 +284,7 @@ def evaluate_items(items: list[Item], model: ScanModel, false_alarm_rate: float 
     want_pixels, note = pixel_plan(items, model)
     counter = PixelCounter() if pixels and want_pixels else None
     worst = WorstMaps() if model.has_map else None
-    by_path = {}  # path → index of the item; a path listed twice gets its maps counted once
+    by_path = {}  # path → index of its item (a path listed twice: the first listing's label and mask)
     for i, it in enumerate(items):
         by_path.setdefault(it.path, i)
     rows = RowTable()
