@@ -177,6 +177,11 @@ def full_overlays(out: Path, entries: list, result: ScanResult, heat: dict[int, 
             made[rank] = quote(f"{OVERLAY_DIR}/{name}")
         except Exception:  # noqa: BLE001 - a missing overlay costs a link, never the report
             continue
+    try:
+        if folder is not None and not any(folder.iterdir()):
+            folder.rmdir()  # every card's overlay was the scan's own (maps/): no empty folder left behind
+    except OSError:
+        pass
     return made
 
 

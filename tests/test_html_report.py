@@ -203,6 +203,12 @@ def test_map_thumbnails_link_to_full_size_overlays(tmp_path):
     originals = {local_target(out, h) for h in parse(out / "report.html").hrefs if h.startswith("file:")}
     assert originals == {folder / name for name in sizes}  # the caption's path still opens the original
     assert escape(str(folder / 'q"uote.png')) in text
+    every = {str(folder / name): f"00000{k}_x.png" for k, name in enumerate(sizes)}  # scan --maps drew them all
+    for name in every.values():
+        (out / "maps" / name).write_bytes(b"png")
+    result.overlays = every
+    write_html_report(result, ranked(result), out)
+    assert not (out / "overlays").exists()  # an earlier run's overlays/ is cleared, no empty folder stays
 
 
 def test_no_html_flag(scanned, tmp_path):
