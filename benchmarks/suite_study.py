@@ -204,6 +204,28 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     return aucs, len(bank)
 
 
+def write_report(command: str) -> None:
+    """suite_study.md from the CSV: per (size, variant, aggregate), each set's AUC, the mean and the worst set."""
+    with open(RESULTS / "suite_study.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    sets = sorted({r["set"] for r in rows})
+    table: dict[tuple, dict[str, float]] = {}
+    for r in rows:  # the latest row of each key counts
+        table.setdefault((r["variant"], r["agg"]), {})[r["set"]] = float(r["auc"])
+    lines = ["# Patch-kNN settings across the development suite (`benchmarks/suite_study.py`)", "",
+             f"Last command: `{command}` ({now_iso()}); machine `{machine()}`. Working size: long side 224 px, "
+             "aspect ratio of the training images' median shape. Bank from 100,000 patches sampled evenly per "
+             "image; fused = knn aggregate + global kNN, each standardised on 10 % held-out normals (signed log, "
+             "equal weights).", "",
+             "| variant | image value | " + " | ".join(sets) + " | mean | worst |", "| --- | --- |" + " ---: |" * (len(sets) + 2)]
+    for (variant, agg), got in sorted(table.items(), key=lambda kv: -min(kv[1].values())
+                                      if len(kv[1]) == len(sets) else 0):
+        full = len(got) == len(sets)
+        lines.append(f"| {variant} | {agg} | " + " | ".join(f"{got[s]:.4f}" if s in got else "" for s in sets) +
+                     (f" | {np.mean(list(got.values())):.4f} | {min(got.values()):.4f} |" if full else " | | |"))
+    (RESULTS / "suite_study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", default=os.environ.get("ICSSCAN_DATA", str(HERE.parent.parent / "shared" / "data")))
@@ -240,6 +262,7 @@ def main() -> None:
                         writer.writerow(row)
                     fh.flush()
                     print(name, size, text, rows, {a: round(x, 4) for a, x in aucs.items()}, flush=True)
+    write_report(" ".join(sys.argv))
 
 
 if __name__ == "__main__":

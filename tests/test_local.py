@@ -87,6 +87,8 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     # 256 x 192 images: local scores at their own size, aspect ratio kept (multiples of 16)
     assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
     assert cfg["score"] == "knn+pics+gknn" and "local scores" in meta["backbone_choice"]
+    # issue 31: brightness normalised to the training images' typical level, 16 px reflect-padding at the border
+    assert cfg["normalise_brightness"] is True and cfg["patch_pad"] == 16
     assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
     # ICS on patches learns from synthetic-defect patches; the components are weighed equally, except the global
     # one when it cannot see synthetic local defects better than chance: the gate drops it (README "Weights")
@@ -129,19 +131,20 @@ def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
     from icsscan.data import find_images
 
     det = ICSDetector(config=preset_config("default", seed=1, local_aggregate="separate", patch_heads=1,
-                                           patch_pool=3, **SMALL))
+                                           patch_pool=3, patch_pad=0, normalise_brightness=False, **SMALL))
     det.fit(parts["root"] / "good")
     out = det.save(tmp_path / "old")
     files = find_images(parts["root"] / "test")[:6]
     want = det.score_samples(files)
     meta = json.loads((out / "config.json").read_text())
-    for key in ("local_aggregate", "patch_heads", "patch_pool"):
+    for key in ("local_aggregate", "patch_heads", "patch_pool", "patch_pad", "normalise_brightness"):
         del meta["config"][key]
     (out / "config.json").write_text(json.dumps(meta))
     state = torch.load(out / "local.pt", weights_only=True)
     torch.save({k: v for k, v in state.items() if k not in ("local_center", "local_scale")}, out / "local.pt")
     old = ICSDetector.load(out, device="cpu")
     assert (old.config_.local_aggregate, old.config_.patch_heads, old.config_.patch_pool) == ("separate", 1, 3)
+    assert (old.config_.patch_pad, old.config_.normalise_brightness) == (0, False)
     np.testing.assert_allclose(old.score_samples(files), want, atol=1e-6)
 
 
@@ -164,6 +167,17 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
     assert np.abs(score - want_score.numpy()).max() <= 1e-4
     assert np.abs(heat - want_map.numpy()).max() <= 1e-4
     np.testing.assert_allclose(det.anomaly_maps(files), want_map.numpy(), atol=1e-5)
+    # the overlays' colour scale travels with the graph: lo = the fused map's level in a typical normal image's
+    # hottest region, hi = 4 of its robust spreads above; the synthetic defects' peaks stand above lo
+    from icsscan.scan import load_model
+
+    lo, hi = load_model(local_model).map_range
+    fusion = json.loads((local_model / "config.json").read_text())["fusion"]
+    assert (lo, hi) == pytest.approx((fusion["local_center"], fusion["local_center"] + 4 * fusion["local_scale"]))
+    all_files = find_images(parts["root"] / "test")
+    peaks = det.anomaly_maps(all_files).reshape(len(all_files), -1).max(1)
+    defective = np.array([parts["labels"][Path(f).name] for f in all_files]) == 1
+    assert np.median(peaks[defective]) > hi > lo and np.median(peaks[~defective]) < hi
 
 
 @pytest.mark.slow
@@ -468,10 +482,14 @@ def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_pat
 def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     """`icsscan train --bank-size N`: the local model's bank holds N patches (the scan's kNN cost), recorded."""
     out = tmp_path / "model"
-    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--device", "cpu", timeout=600,
-                env={"OMP_NUM_THREADS": "1"})
+    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "keep",
+                "--device", "cpu", timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"]["bank_size"] == 100 and meta["local"]["bank_rows"] == 100
+    # --brightness keep: no normalisation in the model (the default normalises: test_auto_backbone_and_input_size_follow_the_images)
+    assert meta["config"]["normalise_brightness"] is False
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad", "--bank-size", -1)
     assert bad.returncode == 2 and "bank-size" in bad.stderr
+    bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad2", "--brightness", "dim")
+    assert bad.returncode == 2 and "--brightness" in bad.stderr
