@@ -122,13 +122,32 @@ class PatchFeatures(nn.Module):
             return torch.from_numpy(runtime[1](x.numpy()))
         return self.embed(x)
 
+    STATISTIC = "spread"  # what `level` holds: "spread" = [mean, std]; "percentile" = [1st, 99th percentile]
+
+    @classmethod
+    def brightness(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's (N, 1, 1, 1) brightness statistics, as PatchFeatures.STATISTIC says."""
+        if cls.STATISTIC == "percentile":
+            # selection, not arithmetic (TopK): exactly the same values in onnxruntime and PyTorch
+            flat = x.flatten(1)
+            k = max(1, int(round(0.01 * flat.shape[1])))
+            lo = -(-flat).topk(k, dim=1).values[:, -1]
+            hi = flat.topk(k, dim=1).values[:, -1]
+            return lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
+        # mean and spread summed in float64: float32 sums over ~10⁵ pixels differ between onnxruntime and PyTorch by
+        # ~1e-6 relative, which the kNN maps' standardisation amplified to 1.7e-4 (parity fails)
+        wide = x.double()
+        return wide.mean((1, 2, 3), keepdim=True).float(), wide.std((1, 2, 3), keepdim=True).float()
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.brightness(x)
+        if self.STATISTIC == "percentile":  # [a, b] → the typical [lo, hi]
+            return (x - a) * ((self.level[1] - self.level[0]) / (b - a + 1e-3)) + self.level[0]
+        return (x - a) * (self.level[1] / (b + 1e-3)) + self.level[0]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalise:
-            # mean and spread summed in float64: float32 sums over ~10⁵ pixels differ between onnxruntime and
-            # PyTorch by ~1e-6 relative, which the kNN maps' standardisation amplified to 1.7e-4 (parity fails)
-            wide = x.double()
-            mean, spread = wide.mean((1, 2, 3), keepdim=True).float(), wide.std((1, 2, 3), keepdim=True).float()
-            x = (x - mean) * (self.level[1] / (spread + 1e-3)) + self.level[0]
+            x = self.normalised(x)
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")

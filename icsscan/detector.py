@@ -30,6 +30,9 @@ from .thresholds import DEFAULT_THRESHOLD, percentile_of, threshold_for_rate
 from .train import train_ics
 
 MIN_IMAGES = 20
+# a local model learns patches on pretrained features (each image gives ~10³ of them) and trains nothing from
+# scratch on whole images: a handful of good parts is a usable start (16 images: benchmarks/results/industrial.md)
+MIN_LOCAL_IMAGES = 8
 PARITY_SAMPLES = 16
 LOCAL_PARITY_SAMPLES = 4  # local inputs are large (640x640x3 = 1.2 MB each): a few real images suffice
 
@@ -146,9 +149,10 @@ class ICSDetector:
         else:
             size = cfg.image_size or int(max(8, min(64, max(shape))))
         loaded = self._read(X, size, warn=True)
-        if len(loaded.images) < MIN_IMAGES:
+        minimum = MIN_LOCAL_IMAGES if cfg.is_local else MIN_IMAGES
+        if len(loaded.images) < minimum:
             raise UsageError(f"{X}: only {len(loaded.images)} readable images ({len(loaded.failures)} unreadable); "
-                             f"icsscan needs at least {MIN_IMAGES} normal images to learn from")
+                             f"icsscan needs at least {minimum} normal images to learn from")
         channels = cfg.channels or (1 if all(data.is_grey(a) for a in loaded.images) else 3)
         cfg = cfg.with_overrides(image_size=size if isinstance(size, int) else None, channels=channels,
                                  device=str(device))
