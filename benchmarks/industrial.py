@@ -37,13 +37,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from icsscan.runinfo import machine, now_iso, versions  # noqa: E402
 
 RESULTS = HERE / "results"
+
+
+def roc_auc_score(labels, scores) -> float:
+    """Image AUROC through the library's own metrics (what `icsscan evaluate` reports)."""
+    from icsscan.metrics import image_metrics
+
+    return image_metrics(np.asarray(labels), np.asarray(scores))["auroc"]
+
+
 COLUMNS = ["part", "set", "method", "auc", "pixel_auroc", "aupro", "border_peaks", "train_s", "scan_images_per_s",
            "evaluate_s", "train_images", "test_images", "input", "seed", "detail", "finished"]
 # settings weighed for the default (config overrides); the default itself is always a row of its own

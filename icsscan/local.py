@@ -282,8 +282,8 @@ def nearest_distance(q: torch.Tensor, bank: torch.Tensor, skip_first: bool = Fal
 
 @torch.no_grad()
 def typical_brightness(images, batch: int = 32) -> torch.Tensor:
-    """[mean, spread]: the median over images of each image's pixel mean and standard deviation (inputs in
-    [0, 1]), what PatchFeatures' brightness normalisation brings every image to."""
+    """The median over images of each image's brightness statistics (PatchFeatures.brightness: its pixels' 1st and
+    99th percentiles, inputs in [0, 1]): what PatchFeatures' brightness normalisation brings every image to."""
     stats = [torch.cat(PatchFeatures.brightness(x), 1).flatten(1).cpu()
              for x in (images[i:i + batch] for i in range(0, len(images), batch))]
     return torch.cat(stats).median(0).values
