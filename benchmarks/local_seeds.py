@@ -108,7 +108,7 @@ class SetCache:
 
 def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
     """The product's fit_local + calibration for this seed and config, scored on the cached test features."""
-    from sklearn.metrics import roc_auc_score
+    from icsscan.metrics import image_metrics
 
     overrides = dict(overrides)
     n_synthetic = int(overrides.pop("synthetic_images", L.SYNTHETIC_SPLIT_IMAGES))  # not a config field: the module's
@@ -175,7 +175,7 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
         heat = scorer.heat({"knn": knn, "pics": pics})
         score = scorer.fused_logit(values, heat)
         local_only = scorer.standardised("local", L.top_k_mean(heat))
-    auc = lambda v: round(float(roc_auc_score(s.y, v.numpy())), 4)  # noqa: E731
+    auc = lambda v: round(image_metrics(s.y, v.numpy())["auroc"], 4)  # noqa: E731
     return {"default": auc(score), "knn_pics": auc(local_only), "pics": auc(values["pics"]), "knn": auc(values["knn"]),
             "gknn_weight": round(float(fusion.get("gknn_weight", 0.0)), 4), "head_train_s": round(head_s, 1)}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from icsscan.metrics import image_metrics
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -62,7 +62,7 @@ def main() -> None:
         subprocess.run(scan_cmd, check=True, stdout=subprocess.DEVNULL)
         scan_s = time.perf_counter() - t
         rows = list(csv.DictReader(open(tmp / "report" / "scores.csv", encoding="utf-8")))
-        auc = roc_auc_score([labels[r["path"]] for r in rows], [float(r["score"]) for r in rows])
+        auc = image_metrics([labels[r["path"]] for r in rows], [float(r["score"]) for r in rows])["auroc"]
         meta = json.loads((tmp / "model" / "config.json").read_text())
         summary = json.loads((tmp / "report" / "summary.json").read_text())
     result = {

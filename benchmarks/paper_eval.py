@@ -461,7 +461,8 @@ def imagenet_ocsvm(train: np.ndarray, test: np.ndarray, dev) -> tuple[np.ndarray
 
 
 def auc_percent(y_test: np.ndarray, cls: int, scores: np.ndarray) -> float:
-    """AUC in %, anomalies (every class but `cls`) as the positive class."""
-    from sklearn.metrics import roc_auc_score
+    """AUC in %, anomalies (every class but `cls`) as the positive class, through the library's own metrics
+    (what `icsscan evaluate` reports)."""
+    from icsscan.metrics import image_metrics
 
-    return 100.0 * roc_auc_score((y_test != cls).astype(int), scores)
+    return 100.0 * image_metrics((y_test != cls).astype(int), scores)["auroc"]

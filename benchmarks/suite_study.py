@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from icsscan.metrics import image_metrics
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -198,9 +198,9 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     aucs = {}
     for a in AGGREGATES:
         local, held_local = aggregate(maps, a).numpy(), aggregate(held_maps, a).numpy()
-        aucs[a] = float(roc_auc_score(labels, local))
-        aucs[f"fused_{a}"] = float(roc_auc_score(labels, z(local, held_local) + z(gknn, held_gknn)))
-    aucs["gknn"] = float(roc_auc_score(labels, gknn))
+        aucs[a] = image_metrics(labels, local)["auroc"]
+        aucs[f"fused_{a}"] = image_metrics(labels, z(local, held_local) + z(gknn, held_gknn))["auroc"]
+    aucs["gknn"] = image_metrics(labels, gknn)["auroc"]
     return aucs, len(bank)
 
 

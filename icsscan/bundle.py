@@ -42,7 +42,7 @@ def migrate(meta: dict) -> dict:
     component weights (the equal-weight average they were fitted with) and the signed log (`compress`)."""
     meta = dict(meta)
     meta["config"] = {"local_aggregate": "separate", "patch_heads": 1, "patch_pool": 3, "patch_pad": 0,
-                      "normalise_brightness": False, **meta["config"]}
+                      "normalise_brightness": False, "edge_calibration": False, **meta["config"]}
     meta.setdefault("threshold", DEFAULT_THRESHOLD)
     fusion, cfg = meta.get("fusion"), ICSConfig.from_dict(meta["config"])
     if fusion and isinstance(fusion, dict) and not cfg.is_local:  # anything else is load's to refuse
@@ -337,6 +337,8 @@ def _load_local(det, directory: Path, meta: dict, dev: torch.device) -> None:
     try:
         if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
             state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}
+        # bundles from before the edge calibration lack its buffers: the identity (LocalScorer's initial values)
+        state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("edge_")}, **state}
         scorer.load_state_dict(state)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:200]

@@ -141,6 +141,23 @@ class LocalScorer(nn.Module):
         self.register_buffer("local_center", torch.tensor(float(fusion.get("local_center", 0.0))))
         self.register_buffer("local_scale", torch.tensor(float(fusion.get("local_scale", 1.0))))
         self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+        # the map's outermost row or column on each side (top, bottom, left, right) mapped affinely onto the
+        # interior's statistics (gain, shift; entry 4, the interior, stays 1, 0): fusion.calibrate_edges
+        self.register_buffer("edge_gain", torch.ones(EDGES + 1))
+        self.register_buffer("edge_shift", torch.zeros(EDGES + 1))
+        self.set_fusion(fusion)
+
+    def set_fusion(self, fusion: dict[str, float]) -> None:
+        """Write the fitted fusion's values (fusion.fit_local_fusion) into the buffers they name: scalars by
+        name, the edge calibration as edge_gain_<side> / edge_shift_<side>."""
+        buffers = dict(self.named_buffers())
+        with torch.no_grad():
+            for key, value in fusion.items():
+                name, _, side = key.rpartition("_")
+                if key in buffers and buffers[key].dim() == 0:
+                    buffers[key].fill_(float(value))
+                elif name in ("edge_gain", "edge_shift") and side.isdigit() and int(side) < EDGES:
+                    buffers[name][int(side)] = float(value)
 
     # ------------------------------------------------------------------------------------ components
     def component_maps(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -167,13 +184,22 @@ class LocalScorer(nn.Module):
     def standardised(self, part: str, value: torch.Tensor) -> torch.Tensor:
         return signed_log1p((value - getattr(self, f"{part}_center")) / getattr(self, f"{part}_scale"))
 
-    def heat(self, maps: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def heat(self, maps: dict[str, torch.Tensor], calibrated: bool = True) -> torch.Tensor | None:
         """The local components fused per location (N, h, w), in the image score's units; None if there are none."""
         local = [p for p in MAP_COMPONENTS if p in self.parts]
         if not local:
             return None
         total = sum(getattr(self, f"{p}_weight") for p in local).clamp_min(1e-12)  # all weighted 0: a flat 0 map
-        return sum(getattr(self, f"{p}_weight") * self.standardised(p, maps[p]) for p in local) / total
+        heat = sum(getattr(self, f"{p}_weight") * self.standardised(p, maps[p]) for p in local) / total
+        return self.edges_calibrated(heat) if calibrated else heat
+
+    def edges_calibrated(self, heat: torch.Tensor) -> torch.Tensor:
+        """The map with each side's outermost row or column brought onto the interior's statistics. Why: even
+        with the reflect-padding (patch_pad) the outermost cells of a normal image vary more than the inside, and
+        the largest value of a normal image's map sat on them (held-out deeppcb normals: 58 % of peaks on the
+        border, where 5 % of the cells are; magnetic_tile 47 % vs 13 %): benchmarks/industrial.md."""
+        side = torch.from_numpy(edge_index(heat.shape[-2], heat.shape[-1]))  # a constant of the traced graph
+        return heat * self.edge_gain[side] + self.edge_shift[side]
 
     def fused_logit(self, values: dict[str, torch.Tensor], heat: torch.Tensor | None) -> torch.Tensor:
         """The weighted sum of standardised components, before the offset. With aggregate "fused" the local
@@ -197,6 +223,19 @@ class LocalScorer(nn.Module):
             h, w = math.ceil(x.shape[-2] / self.features.stride), math.ceil(x.shape[-1] / self.features.stride)
             heat = (z - self.offset)[:, None, None].expand(-1, h, w)
         return score, heat
+
+
+EDGES = 4  # top, bottom, left, right; index 4 = the interior
+
+
+def edge_index(h: int, w: int) -> np.ndarray:
+    """(h, w) int64: which side's outermost row/column each map cell lies on (0 top, 1 bottom, 2 left, 3 right;
+    corners count with the top or bottom row) or 4 inside. Maps under 5 cells on a side: all inside (too few
+    cells inside to calibrate the edges against)."""
+    index = np.full((int(h), int(w)), EDGES, dtype=np.int64)
+    if min(h, w) >= 5:
+        index[1:-1, 0], index[1:-1, -1], index[0, :], index[-1, :] = 2, 3, 0, 1
+    return index
 
 
 def top_k_mean(m: torch.Tensor) -> torch.Tensor:
@@ -223,6 +262,20 @@ def component_values(scorer: LocalScorer, images, exclude_self: bool = False, ba
             maps.setdefault(part, []).append(m.cpu())
     out = {p: torch.cat(v).double().numpy() for p, v in values.items()}
     return (out, {p: torch.cat(m) for p, m in maps.items()}) if keep_maps else out
+
+
+@torch.no_grad()
+def fused_local_heat(scorer: LocalScorer, maps: dict[str, torch.Tensor], batch: int = 64,
+                     calibrated: bool = True) -> torch.Tensor:
+    """The fused map (N, h, w) on the CPU of stored component maps, with the scorer's current buffers
+    (calibrated=False: before the edge calibration, which is fitted on it)."""
+    device = next(scorer.buffers()).device
+    n = len(next(iter(maps.values())))
+    out = []
+    for i in range(0, n, batch):
+        heat = scorer.heat({p: m[i:i + batch].to(device) for p, m in maps.items()}, calibrated)
+        out.append(heat.cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -321,6 +374,16 @@ def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Gen
 
 
 @torch.no_grad()
+def atypical_images(pooled: torch.Tensor, share: float) -> torch.Tensor:
+    """The intra-class split on whole training images: indices of the `share` of them farthest from their
+    nearest other training image (leave-one-out kNN distance of their mean patch embeddings) — where a defective
+    image in a "good" folder lands (industrial.md, contamination: 80-100 % of the moved defects)."""
+    centred = pooled - pooled.mean(0)
+    distance = nearest_distance(centred[None], centred, skip_first=True)[0]
+    n = int(round(share * len(pooled)))
+    return distance.topk(n).indices if n else torch.zeros(0, dtype=torch.long)
+
+
 def greedy_coreset(x: torch.Tensor, m: int, gen: torch.Generator, projection_dim: int = 64) -> torch.Tensor:
     """Indices of m rows of x chosen by greedy k-center (PatchCore): each pick is the row farthest from all
     previous picks. Unlike a random sample, rare-but-normal patches get a representative, so they do not look
@@ -470,10 +533,16 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
         timings["synthetic_features_s"] = time.perf_counter() - t - timings["features_s"]
 
     t = time.perf_counter()
+    # the bank's candidates: every image's patches, or (bank_exclude > 0) those of the typical images only
+    pool = torch.arange(len(patches))
+    if cfg.bank_exclude > 0:
+        far = atypical_images(pooled, cfg.bank_exclude)
+        pool = pool[~torch.isin(owners, far)]
+        info_excluded = far.tolist()
     if cfg.bank == "coreset":
-        chosen = greedy_coreset(patches, cfg.bank_size, gen)
+        chosen = pool[greedy_coreset(patches[pool], cfg.bank_size, gen)]
     else:  # "random": a fixed random subsample
-        chosen = torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
+        chosen = pool[torch.randperm(len(pool), generator=gen)[:cfg.bank_size]]
     bank = patches[chosen]
     scorer.bank_mean = bank.mean(0).to(device)
     scorer.bank = (bank - bank.mean(0)).to(device)
@@ -483,6 +552,8 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
 
     t = time.perf_counter()
     info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(members)}
+    if cfg.bank_exclude > 0:
+        info["bank_excluded_images"] = info_excluded
     log = train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, "pics" in parts,
                             info, tick)
     scorer.eval()

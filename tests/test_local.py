@@ -137,15 +137,44 @@ def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
     files = find_images(parts["root"] / "test")[:6]
     want = det.score_samples(files)
     meta = json.loads((out / "config.json").read_text())
-    for key in ("local_aggregate", "patch_heads", "patch_pool", "patch_pad", "normalise_brightness"):
+    for key in ("local_aggregate", "patch_heads", "patch_pool", "patch_pad", "normalise_brightness", "edge_calibration"):
         del meta["config"][key]
     (out / "config.json").write_text(json.dumps(meta))
     state = torch.load(out / "local.pt", weights_only=True)
-    torch.save({k: v for k, v in state.items() if k not in ("local_center", "local_scale")}, out / "local.pt")
+    torch.save({k: v for k, v in state.items() if k not in ("local_center", "local_scale", "edge_gain", "edge_shift")},
+               out / "local.pt")
     old = ICSDetector.load(out, device="cpu")
     assert (old.config_.local_aggregate, old.config_.patch_heads, old.config_.patch_pool) == ("separate", 1, 3)
-    assert (old.config_.patch_pad, old.config_.normalise_brightness) == (0, False)
+    assert (old.config_.patch_pad, old.config_.normalise_brightness, old.config_.edge_calibration) == (0, False, False)
     np.testing.assert_allclose(old.score_samples(files), want, atol=1e-6)
+
+
+def test_edge_calibration_brings_a_noisy_border_onto_the_interior():
+    """A side whose outermost cells vary more than the inside on the held-out normals is mapped affinely onto the
+    interior (median and 99th percentile equal afterwards); sides like the interior stay (nearly) as they are, and
+    a side quieter than the interior is left alone: the calibration removes evidence, never adds any."""
+    from icsscan.fusion import EDGE_QUANTILE, calibrate_edges
+    from icsscan.local import EDGES, LocalScorer, edge_index, fused_local_heat
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(0, 1, (60, 20, 24))
+    maps[:, 0, :] *= 3.0        # top row: a heavy tail (the network's border)
+    maps[:, 1:-1, -1] *= 0.3    # right column: quieter than the interior
+    maps = {"knn": torch.from_numpy(maps).float()}
+    scorer = LocalScorer(1, 4, 4, ("knn",), pretrained=False)
+    fusion = {"knn_center": 0.0, "knn_scale": 1.0, "knn_weight": 1.0}
+    fusion.update(calibrate_edges(scorer, maps, fusion))
+    scorer.set_fusion(fusion)
+    assert fusion["edge_gain_0"] < 0.6 and fusion["edge_gain_3"] == 1.0 and fusion["edge_shift_3"] == 0.0
+    assert abs(fusion["edge_gain_1"] - 1) < 0.15 and abs(fusion["edge_gain_2"] - 1) < 0.15
+    heat = fused_local_heat(scorer, maps).numpy()
+    side = edge_index(20, 24)
+    inside, top = heat[:, side == EDGES], heat[:, side == 0]
+    assert np.quantile(top, EDGE_QUANTILE) == pytest.approx(np.quantile(inside, EDGE_QUANTILE), abs=1e-4)
+    assert np.median(top) == pytest.approx(np.median(inside), abs=1e-4)
+    np.testing.assert_array_equal(heat[:, side == EDGES], fused_local_heat(scorer, maps, calibrated=False)[:, side == EDGES])
+    # too small a map to have an inside: no side is calibrated
+    assert (edge_index(4, 9) == EDGES).all() and (edge_index(5, 5)[1:-1, 1:-1] == EDGES).all()
 
 
 @pytest.mark.slow
@@ -493,3 +522,18 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     assert bad.returncode == 2 and "bank-size" in bad.stderr
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad2", "--brightness", "dim")
     assert bad.returncode == 2 and "--brightness" in bad.stderr
+
+
+def test_atypical_images_are_the_ones_far_from_every_other_image():
+    """bank_exclude's split of whole training images: the share farthest from their nearest *other* image (a
+    defective image among good ones), not the ones farthest from the mean; 0 of them when the share rounds to 0."""
+    from icsscan.config import ICSConfig
+    from icsscan.local import atypical_images
+
+    rng = np.random.default_rng(0)
+    pooled = torch.from_numpy(np.r_[rng.normal(0, 0.1, (18, 8)), rng.normal(0, 0.1, (1, 8)) + 3.0,
+                                    rng.normal(0, 0.1, (1, 8)) - 2.0]).float()
+    assert sorted(atypical_images(pooled, 0.1).tolist()) == [18, 19]
+    assert atypical_images(pooled, 0.01).numel() == 0
+    with pytest.raises(ValueError, match="bank_exclude"):
+        ICSConfig(bank_exclude=0.5).validate()
