@@ -2,7 +2,7 @@
 
 The frozen ImageNet EfficientNet-Lite0 embedding of every image is computed once per dataset
 (`embed_cache.py`, the graph `icsscan scan` runs); each cell then runs the library's own fitting code on them:
-`icsscan.detector.calibration_holdout` (10 % of the class's training images held out), `embed.fit_embedding`
+`icsscan.thresholds.calibration_holdout` (10 % of the class's training images held out), `embed.fit_embedding`
 (kNN bank + ICS head on embeddings, split by leave-one-out kNN distance), `embed.synthetic_anomalies` on the
 held-out normals (embedded by the same graph) for the label-free weights (`fusion.weigh_without_labels`),
 `fusion.standardise_and_offset`, then the test set's fused score. Only the images' pass through the frozen
@@ -55,7 +55,7 @@ def cell_split(ds, cls: int, seed: int, calibration_fraction: float):
     """One cell's images as the library splits them: (class indices into the training set, fit and held-out
     positions within them, the class's images, held-out normals given a synthetic anomaly (RGB), their donors)."""
     from icsscan.data import array_to_rgb
-    from icsscan.detector import calibration_holdout
+    from icsscan.thresholds import calibration_holdout
 
     idx = np.flatnonzero(ds.y_train == cls)
     fit_idx, cal_idx = calibration_holdout(len(idx), calibration_fraction, seed)

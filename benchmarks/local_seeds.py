@@ -40,7 +40,7 @@ from icsscan import ICSDetector, data  # noqa: E402
 from icsscan import local as L  # noqa: E402
 from icsscan.backbones import PatchFeatures, onnx_runtime  # noqa: E402
 from icsscan.config import preset_config, score_parts  # noqa: E402
-from icsscan.detector import calibration_holdout  # noqa: E402
+from icsscan.thresholds import calibration_holdout  # noqa: E402
 from icsscan.fusion import fit_local_fusion  # noqa: E402
 from icsscan.runinfo import machine, now_iso, versions  # noqa: E402
 

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from icsscan import data  # noqa: E402
 from icsscan.config import preset_config  # noqa: E402
-from icsscan.detector import calibration_holdout  # noqa: E402
+from icsscan.thresholds import calibration_holdout  # noqa: E402
 from icsscan.runinfo import machine, now_iso, versions, write_json_atomic  # noqa: E402
 from icsscan.split import n_atypical, train_autoencoder  # noqa: E402
 from icsscan.train import train_ics  # noqa: E402

@@ -24,6 +24,7 @@ PRETRAINED_BACKBONES = ("efficientnet-lite0",)
 # backbone "auto": images whose usual side is at most this are whole-object thumbnails (MNIST, CIFAR) and get
 # the global from-scratch recipe; larger ones are scored locally on pretrained features (README "Choosing").
 AUTO_LOCAL_ABOVE = 64
+MIN_IMAGES = 20  # training images a global model needs (it trains networks from scratch); local: detector.MIN_LOCAL_IMAGES
 
 
 def _score_terms(score: str) -> list[tuple[str, str]]:
@@ -82,7 +83,7 @@ class ICSConfig:
                                    # maha reads?)
     # scoring
     score: str = "auto"            # what the exported model outputs; see README "Scores". auto: resolved at fit
-                                   # (detector.resolve_backbone): knn+pics+gknn for large images, eknn+eics for
+                                   # (config.resolve_backbone): knn+pics+gknn for large images, eknn+eics for
                                    # whole-object ones, ics+ssim+rot*0.7+maha*2 with backbone small/alexnet. A local model
                                    # given a global-only score string uses LOCAL_DEFAULT_SCORE instead
     # local models (backbone efficientnet-lite0): patch memory bank and the ICS head on patches
@@ -256,3 +257,30 @@ def preset_config(name: str, **overrides: Any) -> ICSConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name].with_overrides(**overrides)
+
+
+def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
+    """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else a
+    global model; score "auto" → the measured default of each kind: knn+pics+gknn (local), eknn+eics+ssim
+    (whole-object images, backbone auto: the pretrained embedding and the split autoencoder), ics+ssim+rot*0.7+maha*2 (backbone small/alexnet chosen:
+    the from-scratch recipe). A local model given a global-only score string gets the local default score;
+    global_weights "auto" → synthetic when the score has pretrained components, else fixed."""
+    backbone, score = cfg.backbone, cfg.score
+    whole_object = max(shape) <= AUTO_LOCAL_ABOVE
+    if backbone == "auto":
+        backbone = "small" if whole_object else "efficientnet-lite0"
+        if score == "auto" and whole_object:
+            score = WHOLE_DEFAULT_SCORE
+    cfg = cfg.with_overrides(backbone=backbone, score=GLOBAL_DEFAULT_SCORE if score == "auto" else score)
+    if cfg.is_local and not any(p in LOCAL_COMPONENTS for p in score_parts(cfg.score)):
+        cfg = cfg.with_overrides(score=LOCAL_DEFAULT_SCORE)
+    if cfg.global_weights == "auto":
+        pretrained = any(p in EMBED_COMPONENTS for p in score_parts(cfg.score))
+        cfg = cfg.with_overrides(global_weights="synthetic" if pretrained else "fixed")
+    from .errors import UsageError
+
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return cfg

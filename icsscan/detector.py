@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from . import bundle, data
-from .config import (AUTO_LOCAL_ABOVE, COMPONENTS, EMBED_COMPONENTS, GLOBAL_DEFAULT_SCORE, LOCAL_COMPONENTS,
-                     LOCAL_DEFAULT_SCORE, WHOLE_DEFAULT_SCORE, ICSConfig, preset_config, score_parts)
+from .config import (COMPONENTS, EMBED_COMPONENTS, MIN_IMAGES, ICSConfig, preset_config, resolve_backbone,
+                     score_parts)
 from .data import array_to_rgb, list_inputs
 from .errors import NotFittedError, UsageError
 from .fusion import fuse_global, fuse_local
@@ -26,10 +26,9 @@ from .models import ConvAutoencoder, ICSClassifier, resolve_device
 from .runinfo import now_iso
 from .scorer import CLASSIFIER_COMPONENTS, SCORE_BATCH, fit_latent_gaussian
 from .split import split_by_ssim, ssim_scores, train_autoencoder
-from .thresholds import DEFAULT_THRESHOLD, percentile_of, threshold_for_rate
+from .thresholds import DEFAULT_THRESHOLD, calibration_holdout, percentile_of, threshold_for_rate
 from .train import train_ics
 
-MIN_IMAGES = 20
 # a local model learns patches on pretrained features (each image gives ~10³ of them) and trains nothing from
 # scratch on whole images: a handful of good parts is a usable start (16 images: benchmarks/results/industrial.md)
 MIN_LOCAL_IMAGES = 8
@@ -217,7 +216,7 @@ class ICSDetector:
             raise UsageError(f"--split: score {cfg.score} reads no from-scratch network the split could train; "
                              "use it with --backbone small (the from-scratch ICS recipe) or a score with ics/ssim/rot/maha")
         given, autoencoder = (None, None) if split is None else bundle.read_given_split(Path(split), cfg, device)
-        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed, MIN_IMAGES)
         images = self._tensor(loaded.images[fit_idx], device)
         fit_paths = [loaded.paths[i] for i in fit_idx]
         parts = score_parts(cfg.score)
@@ -269,16 +268,7 @@ class ICSDetector:
         if scores is None:
             scores = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
         self.calibration_scores_ = scores
-        self.threshold_ = DEFAULT_THRESHOLD
-        self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
-        self.train_paths_ = fit_paths
-        self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
-        self.parity_inputs_ = loaded.images[cal_idx[:PARITY_SAMPLES] if len(cal_idx) else fit_idx[:PARITY_SAMPLES]]
-        timings["calibrate_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - t_start
-        self.timings_ = timings
-        self.created_ = now_iso()
-        return self
+        return self._fitted(loaded, fit_idx, cal_idx, PARITY_SAMPLES, timings, t, t_start)
 
     def _fit_embedder(self, images: torch.Tensor, cfg: ICSConfig, device: torch.device):
         """The pretrained whole-object components (embed.py): embed the training images, bank, ICS head."""
@@ -309,7 +299,7 @@ class ICSDetector:
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
         from .local import FloatBatches, fit_local
 
-        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed, MIN_IMAGES)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
         done = [0]
@@ -332,15 +322,19 @@ class ICSDetector:
         self.scorer_ = scorer.eval()
         self.fusion_, self.calibration_scores_ = fuse_local(scorer, loaded.images, fit_idx, cal_idx, cfg, device)
         self.classifier_ = self.autoencoder_ = None
+        self.split_ = None
+        self.rot_accuracy_ = None
+        return self._fitted(loaded, fit_idx, cal_idx, LOCAL_PARITY_SAMPLES, timings, t, t_start)
+
+    def _fitted(self, loaded: data.LoadedImages, fit_idx: np.ndarray, cal_idx: np.ndarray, parity_samples: int,
+                timings: dict, t_calibrate: float, t_start: float) -> "ICSDetector":
+        """What every fit records last: threshold, which images trained and calibrated, parity inputs, times."""
         self.threshold_ = DEFAULT_THRESHOLD
         self.n_train_, self.n_calibration_ = len(fit_idx), len(cal_idx)
         self.train_paths_ = [loaded.paths[i] for i in fit_idx]
         self.calibration_paths_ = [loaded.paths[i] for i in cal_idx]
-        self.split_ = None
-        self.rot_accuracy_ = None
-        pick = cal_idx[:LOCAL_PARITY_SAMPLES] if len(cal_idx) else fit_idx[:LOCAL_PARITY_SAMPLES]
-        self.parity_inputs_ = loaded.images[pick]
-        timings["calibrate_s"] = time.perf_counter() - t
+        self.parity_inputs_ = loaded.images[cal_idx[:parity_samples] if len(cal_idx) else fit_idx[:parity_samples]]
+        timings["calibrate_s"] = time.perf_counter() - t_calibrate
         timings["total_s"] = time.perf_counter() - t_start
         self.timings_ = timings
         self.created_ = now_iso()
@@ -429,39 +423,3 @@ class ICSDetector:
     def load(cls, directory: str | os.PathLike, device: str = "auto") -> "ICSDetector":
         """Load a bundle written by `save` (bundle.load); older bundles are migrated as they are read."""
         return bundle.load(cls, directory, device)
-
-
-def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
-    """backbone "auto" → efficientnet-lite0 (local scores) for images larger than AUTO_LOCAL_ABOVE px, else a
-    global model; score "auto" → the measured default of each kind: knn+pics+gknn (local), eknn+eics+ssim
-    (whole-object images, backbone auto: the pretrained embedding and the split autoencoder), ics+ssim+rot*0.7+maha*2 (backbone small/alexnet chosen:
-    the from-scratch recipe). A local model given a global-only score string gets the local default score;
-    global_weights "auto" → synthetic when the score has pretrained components, else fixed."""
-    backbone, score = cfg.backbone, cfg.score
-    whole_object = max(shape) <= AUTO_LOCAL_ABOVE
-    if backbone == "auto":
-        backbone = "small" if whole_object else "efficientnet-lite0"
-        if score == "auto" and whole_object:
-            score = WHOLE_DEFAULT_SCORE
-    cfg = cfg.with_overrides(backbone=backbone, score=GLOBAL_DEFAULT_SCORE if score == "auto" else score)
-    if cfg.is_local and not any(p in LOCAL_COMPONENTS for p in score_parts(cfg.score)):
-        cfg = cfg.with_overrides(score=LOCAL_DEFAULT_SCORE)
-    if cfg.global_weights == "auto":
-        pretrained = any(p in EMBED_COMPONENTS for p in score_parts(cfg.score))
-        cfg = cfg.with_overrides(global_weights="synthetic" if pretrained else "fixed")
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return cfg
-
-
-def calibration_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (fit, calibration). The calibration images never touch training; skipped when too few remain."""
-    n_cal = int(round(n * fraction))
-    if n_cal < 10 or n - n_cal < MIN_IMAGES:
-        return np.arange(n), np.zeros(0, dtype=np.int64)
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
-
-

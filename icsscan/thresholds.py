@@ -69,3 +69,14 @@ def threshold_meaning(model: Any, threshold: float, source: str, rate_asked: flo
             if source == "false-alarm-rate" else f"raw anomaly-score threshold {threshold:.4g} ({source})")
     return (f"{head}: {rate:.2%} of {n} held-out normal images score at or above it, so expect about "
             f"{rate * 100:.1f} false alarms per 100 normal images")
+
+
+def calibration_holdout(n: int, fraction: float, seed: int, min_fit: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, calibration): the held-out normal images that calibrate the fusion and the threshold. They
+    never touch training; skipped (no held-out set) when fewer than 10 would be held out or fewer than `min_fit`
+    (config.MIN_IMAGES) would remain to fit on."""
+    n_cal = int(round(n * fraction))
+    if n_cal < 10 or n - n_cal < min_fit:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])

@@ -246,7 +246,7 @@ def test_auto_backbone_and_score_follow_the_images():
     """Whole-object images (≤ 64 px) get the pretrained embedding (eknn+eics, label-free weights); large ones the
     local model; an explicit from-scratch backbone gets exactly the previous recipe (its score, fixed weights)."""
     from icsscan.config import GLOBAL_DEFAULT_SCORE, WHOLE_DEFAULT_SCORE, ICSConfig
-    from icsscan.detector import resolve_backbone
+    from icsscan.config import resolve_backbone
 
     for shape in ((28, 28), (32, 32), (64, 48)):
         cfg = resolve_backbone(ICSConfig(), shape)
