@@ -103,8 +103,6 @@ class ICSConfig:
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on
                                    # held-out normals (fusion.calibrate_edges): normal maps still peaked on the
                                    # border (deeppcb 58 % of normal images; magnetic_tile 47 %)
-    bank_exclude: float = 0.0      # share of training images, the most atypical by leave-one-out kNN of their mean
-                                   # embeddings, whose patches are kept out of the bank (contamination; study)
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 2048          # patches in the memory bank: bounds memory and the scan's kNN cost (~half of a
                                    # 304-px scan's graph at 4,096). With unaveraged features 2,048 lost nothing
@@ -179,8 +177,6 @@ class ICSConfig:
     def validate(self) -> None:
         if not 0 < self.rho < 0.5:
             raise ValueError(f"rho must satisfy 0 < rho < 0.5, got {self.rho}")
-        if not 0 <= self.bank_exclude < 0.5:
-            raise ValueError(f"bank_exclude must be in [0, 0.5), got {self.bank_exclude}")
         if not 0 <= self.calibration_fraction < 0.5:
             raise ValueError(f"calibration_fraction must be in [0, 0.5), got {self.calibration_fraction}")
         if self.image_size and self.image_size < 8:

@@ -374,16 +374,6 @@ def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Gen
 
 
 @torch.no_grad()
-def atypical_images(pooled: torch.Tensor, share: float) -> torch.Tensor:
-    """The intra-class split on whole training images: indices of the `share` of them farthest from their
-    nearest other training image (leave-one-out kNN distance of their mean patch embeddings) — where a defective
-    image in a "good" folder lands (industrial.md, contamination: 80-100 % of the moved defects)."""
-    centred = pooled - pooled.mean(0)
-    distance = nearest_distance(centred[None], centred, skip_first=True)[0]
-    n = int(round(share * len(pooled)))
-    return distance.topk(n).indices if n else torch.zeros(0, dtype=torch.long)
-
-
 def greedy_coreset(x: torch.Tensor, m: int, gen: torch.Generator, projection_dim: int = 64) -> torch.Tensor:
     """Indices of m rows of x chosen by greedy k-center (PatchCore): each pick is the row farthest from all
     previous picks. Unlike a random sample, rare-but-normal patches get a representative, so they do not look
@@ -533,16 +523,10 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
         timings["synthetic_features_s"] = time.perf_counter() - t - timings["features_s"]
 
     t = time.perf_counter()
-    # the bank's candidates: every image's patches, or (bank_exclude > 0) those of the typical images only
-    pool = torch.arange(len(patches))
-    if cfg.bank_exclude > 0:
-        far = atypical_images(pooled, cfg.bank_exclude)
-        pool = pool[~torch.isin(owners, far)]
-        info_excluded = far.tolist()
     if cfg.bank == "coreset":
-        chosen = pool[greedy_coreset(patches[pool], cfg.bank_size, gen)]
+        chosen = greedy_coreset(patches, cfg.bank_size, gen)
     else:  # "random": a fixed random subsample
-        chosen = pool[torch.randperm(len(pool), generator=gen)[:cfg.bank_size]]
+        chosen = torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
     bank = patches[chosen]
     scorer.bank_mean = bank.mean(0).to(device)
     scorer.bank = (bank - bank.mean(0)).to(device)
@@ -552,8 +536,6 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
 
     t = time.perf_counter()
     info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(members)}
-    if cfg.bank_exclude > 0:
-        info["bank_excluded_images"] = info_excluded
     log = train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, "pics" in parts,
                             info, tick)
     scorer.eval()

@@ -523,17 +523,3 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad2", "--brightness", "dim")
     assert bad.returncode == 2 and "--brightness" in bad.stderr
 
-
-def test_atypical_images_are_the_ones_far_from_every_other_image():
-    """bank_exclude's split of whole training images: the share farthest from their nearest *other* image (a
-    defective image among good ones), not the ones farthest from the mean; 0 of them when the share rounds to 0."""
-    from icsscan.config import ICSConfig
-    from icsscan.local import atypical_images
-
-    rng = np.random.default_rng(0)
-    pooled = torch.from_numpy(np.r_[rng.normal(0, 0.1, (18, 8)), rng.normal(0, 0.1, (1, 8)) + 3.0,
-                                    rng.normal(0, 0.1, (1, 8)) - 2.0]).float()
-    assert sorted(atypical_images(pooled, 0.1).tolist()) == [18, 19]
-    assert atypical_images(pooled, 0.01).numel() == 0
-    with pytest.raises(ValueError, match="bank_exclude"):
-        ICSConfig(bank_exclude=0.5).validate()
