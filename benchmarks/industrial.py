@@ -366,7 +366,7 @@ Contamination, tried and not adopted (2026-12-04, magnetic_tile, 5 % of the defe
 keeping the atypical 10 % of the training images (leave-one-out kNN of their mean embeddings, which holds 15 of
 the 18 moved defects) out of the patch bank: AUC 0.901 (default 0.904); out of the bank and the global kNN's
 images: 0.899; also out of the ICS head's typical patches: 0.893 (clean folder: 0.941 vs 0.944). Casting, bank
-only: 0.990 vs the default's 0.995 at 5 %. A nearest-neighbour memory needs one defective image to call a
+only: 0.990 vs the default's 0.9925 at 5 %. A nearest-neighbour memory needs one defective image to call a
 similar defect normal, and the 3 moved defects outside the atypical 10 % suffice: excluding images does not
 buy robustness here.
 
