@@ -95,11 +95,6 @@ def cli(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def peaks_on_border(raw_maps: Path) -> float:
-    """Share of images whose map peaks on the outermost row or column of map cells."""
-    return border_peak_report(raw_maps)["border_peaks"]
-
-
 def border_peak_report(raw_maps: Path, masks: dict[str, str] | None = None) -> dict:
     """Where the maps peak. border_peaks: the share of images whose map peaks on the outermost row or column;
     chance: the share of map cells that lie there (what a map without any position bias gives); and, given

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .errors import UsageError
+
 # Score components (see AnomalyScorer): the ICS logit, the split AE's SSIM error, the surprise of the
 # rotation head, and the Mahalanobis distance of the latent z to the normal images. One name = that score
 # alone ("ics" = the paper's sigmoid output); several joined by "+" = their standardised, weighted average,
@@ -97,7 +99,7 @@ class ICSConfig:
     patch_pad: int = 16            # px of reflect-padding around the image before the backbone, cropped off the maps
                                    # (a multiple of 16; 0 = none): the network's zero padding made the outermost
                                    # cells read as anomalous (unseen commutators: 58 of 155 map peaks on the border)
-    normalise_brightness: bool = True  # each image's pixel mean and spread brought to the training images' typical
+    normalise_brightness: bool = True  # each image's 1st/99th pixel percentiles brought to the training images' typical
                                    # ones before the backbone: lighting that changes between sessions is not a
                                    # defect (magnetic_tile: test captures ~2x brighter; suite_study.md)
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on
@@ -273,8 +275,6 @@ def resolve_backbone(cfg: ICSConfig, shape: tuple[int, int]) -> ICSConfig:
     if cfg.global_weights == "auto":
         pretrained = any(p in EMBED_COMPONENTS for p in score_parts(cfg.score))
         cfg = cfg.with_overrides(global_weights="synthetic" if pretrained else "fixed")
-    from .errors import UsageError
-
     try:
         cfg.validate()
     except ValueError as exc:

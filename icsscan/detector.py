@@ -216,7 +216,7 @@ class ICSDetector:
             raise UsageError(f"--split: score {cfg.score} reads no from-scratch network the split could train; "
                              "use it with --backbone small (the from-scratch ICS recipe) or a score with ics/ssim/rot/maha")
         given, autoencoder = (None, None) if split is None else bundle.read_given_split(Path(split), cfg, device)
-        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed, MIN_IMAGES)
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = self._tensor(loaded.images[fit_idx], device)
         fit_paths = [loaded.paths[i] for i in fit_idx]
         parts = score_parts(cfg.score)
@@ -299,7 +299,7 @@ class ICSDetector:
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
         from .local import FloatBatches, fit_local
 
-        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed, MIN_IMAGES)
+        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
         done = [0]

@@ -156,8 +156,9 @@ def calibrate_edges(scorer, maps: dict[str, torch.Tensor], fusion: dict, batch: 
     """Each side's (top, bottom, left, right) affine map onto the interior, from the held-out normals' maps: its
     median and 99th percentile onto the interior's (edge_gain_<side>, edge_shift_<side>; LocalScorer.
     edges_calibrated; a gain above 1 is capped at 1 and the percentile alone matched). A side whose upper tail is
-    not above the interior's stays as it is: this removes evidence the border made up, never adds any. Chosen on the suite (held-out deeppcb / magnetic_tile normals,
-    test maps of the default before this): the outermost row/column alone, per side, at the 99th percentile —
+    not above the interior's stays as it is: this removes evidence the border made up, never adds any. Chosen on
+    the suite (held-out deeppcb / magnetic_tile normals, test maps of the default before this): the outermost
+    row/column alone, per side, at the 99th percentile —
     border peaks 23 % → 3 % / 30 % → 3 %, the maps' top-k AUC 0.973 → 0.986 / 0.848 → 0.870, casting unchanged;
     two rings or one pooled ring did no better on the worse set (industrial.md)."""
     from .local import EDGES, edge_index, fused_local_heat

@@ -132,20 +132,19 @@ class LocalScorer(nn.Module):
         self.register_buffer("bank_mean", torch.zeros(dim))
         self.register_buffer("train_embeddings", torch.zeros(n_train, dim))
         self.register_buffer("train_mean", torch.zeros(dim))
-        fusion = fusion or {}
         for part in LOCAL_COMPONENTS:
-            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
-            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
-            self.register_buffer(f"{part}_weight", torch.tensor(float(fusion.get(f"{part}_weight", 1.0))))
+            self.register_buffer(f"{part}_center", torch.tensor(0.0))
+            self.register_buffer(f"{part}_scale", torch.tensor(1.0))
+            self.register_buffer(f"{part}_weight", torch.tensor(1.0))
         # the fused map's top-k value (aggregate "fused"); its weight is the local components' summed weight
-        self.register_buffer("local_center", torch.tensor(float(fusion.get("local_center", 0.0))))
-        self.register_buffer("local_scale", torch.tensor(float(fusion.get("local_scale", 1.0))))
-        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+        self.register_buffer("local_center", torch.tensor(0.0))
+        self.register_buffer("local_scale", torch.tensor(1.0))
+        self.register_buffer("offset", torch.tensor(0.0))
         # the map's outermost row or column on each side (top, bottom, left, right) mapped affinely onto the
         # interior's statistics (gain, shift; entry 4, the interior, stays 1, 0): fusion.calibrate_edges
         self.register_buffer("edge_gain", torch.ones(EDGES + 1))
         self.register_buffer("edge_shift", torch.zeros(EDGES + 1))
-        self.set_fusion(fusion)
+        self.set_fusion(fusion or {})
 
     def set_fusion(self, fusion: dict[str, float]) -> None:
         """Write the fitted fusion's values (fusion.fit_local_fusion) into the buffers they name: scalars by
@@ -282,11 +281,7 @@ def fused_local_heat(scorer: LocalScorer, maps: dict[str, torch.Tensor], batch: 
 def fused_local_values(scorer: LocalScorer, maps: dict[str, torch.Tensor], batch: int = 64) -> np.ndarray:
     """The fused map's top-k (float64 (N,)) of stored component maps, with the scorer's current centres, spreads
     and weights of the local components (exactly what LocalScorer.fused_logit standardises as "local")."""
-    device = next(scorer.buffers()).device
-    n = len(next(iter(maps.values())))
-    out = [top_k_mean(scorer.heat({p: m[i:i + batch].to(device) for p, m in maps.items()})).cpu()
-           for i in range(0, n, batch)]
-    return torch.cat(out).double().numpy()
+    return top_k_mean(fused_local_heat(scorer, maps, batch)).double().numpy()
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .config import MIN_IMAGES
 from .errors import ModelError, UsageError
 
 # Raw anomaly score at which an image is flagged unless told otherwise: the fusion's offset puts 0.5 at the
@@ -71,7 +72,8 @@ def threshold_meaning(model: Any, threshold: float, source: str, rate_asked: flo
             f"{rate * 100:.1f} false alarms per 100 normal images")
 
 
-def calibration_holdout(n: int, fraction: float, seed: int, min_fit: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def calibration_holdout(n: int, fraction: float, seed: int,
+                        min_fit: int = MIN_IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, calibration): the held-out normal images that calibrate the fusion and the threshold. They
     never touch training; skipped (no held-out set) when fewer than 10 would be held out or fewer than `min_fit`
     (config.MIN_IMAGES) would remain to fit on."""
