@@ -18,7 +18,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path

@@ -60,7 +60,7 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
     from icsscan.config import preset_config
     from icsscan.data import array_to_rgb
     from icsscan.embed import synthetic_anomalies
-    from icsscan.local import PatchICSHead, train_patch_ics
+    from icsscan.train import ICSHead, train_ics_head
 
     cfg = preset_config("default", seed=seed, embed_size=size)
     idx, fit_idx, cal_idx, images, base, donors = cell_split(ds, cls, seed, cfg.calibration_fraction)
@@ -72,8 +72,8 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
     e_made = torch.from_numpy(embed_cache.embed_array(session, made, size))
     train = torch.cat([e_fit, e_made])
     atypical = torch.cat([torch.zeros(len(e_fit), dtype=torch.bool), torch.ones(len(e_made), dtype=torch.bool)])
-    head = PatchICSHead(train.shape[1])
-    train_patch_ics(head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, seed)
+    head = ICSHead(train.shape[1])
+    train_ics_head(head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, seed)
     head.eval()
     e_syn = torch.from_numpy(embed_cache.embed_array(session, synthetic_anomalies(base, donors, seed), size))
     e_cal = torch.from_numpy(cache["train"][idx[cal_idx]])

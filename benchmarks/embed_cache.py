@@ -32,7 +32,7 @@ def session_for(size: int, threads: int):
     if not path.exists():
         import onnx
 
-        from icsscan.backbones import trace_onnx
+        from icsscan.tracing import trace_onnx
 
         # traced as icsscan's export does: constant pads that onnxruntime folds into the convolutions
         graph = trace_onnx(ImageEmbedding(size).eval(), torch.rand(2, 3, size, size), input_names=["x"],

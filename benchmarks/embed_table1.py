@@ -29,7 +29,6 @@ Methods written (rows of the same format as table1_raw.csv, into table1_embed_ra
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import embed_cache  # noqa: E402
 import paper_eval as pe  # noqa: E402
-from table1 import RAW_COLUMNS, RawWriter, int_list, read_rows  # noqa: E402
+from table1 import RawWriter, int_list, read_rows  # noqa: E402
 
 RESULTS = HERE / "results"
 RAW = RESULTS / "table1_embed_raw.csv"
@@ -168,13 +167,13 @@ def fused_logit(values: dict, weights: dict[str, float], rho: float, compress: b
 
 
 def fit_embedding_variant(e_fit, cfg, kwargs):
-    """fit_embedding's ICS head with one of train_patch_ics's ablation switches."""
+    """fit_embedding's ICS head with one of train_ics_head's ablation switches."""
     from icsscan.embed import EmbeddingScorer, split_by_knn
-    from icsscan.local import train_patch_ics
+    from icsscan.train import train_ics_head
 
     scorer = EmbeddingScorer(cfg.embed_size, 1, ("eics",), pretrained=False)
     _, atypical = split_by_knn(e_fit, cfg.rho)
-    train_patch_ics(scorer.head, e_fit, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, cfg.seed,
+    train_ics_head(scorer.head, e_fit, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr, cfg.seed,
                     **kwargs)
     return scorer.eval(), None
 

@@ -225,7 +225,7 @@ def contamination_rows(name: str, base: Path, seed: int) -> list[dict]:
     """Defects moved into training: AUC on the rest, and whether the atypical 10 % would hold them."""
     import torch
 
-    from icsscan.local import nearest_distance
+    from icsscan.knn import knn_distance
 
     paths, y = test_items(base)
     train = train_paths(base)
@@ -247,7 +247,7 @@ def contamination_rows(name: str, base: Path, seed: int) -> list[dict]:
         det = info["det"]
         if len(moved):  # leave-one-out kNN distance of every training image's mean patch embedding
             emb = det.scorer_.train_embeddings.cpu()
-            distance = nearest_distance(emb[None], emb, skip_first=True)[0].numpy()
+            distance = knn_distance(emb[None], emb, skip_self=True)[0].numpy()
             fitted = [str(Path(p).resolve()) for p in det.train_paths_]
             moved_paths = {str(Path(paths[i]).resolve()) for i in moved}
             is_moved = np.array([p in moved_paths for p in fitted])

@@ -6,7 +6,7 @@ calibration split, the memory bank, the synthetic defects and the head's initial
 `icsscan train --seed S` does. A full `icsscan train` + `scan` of deeppcb costs ~5 min; here the frozen
 backbone's features of every training and test image are computed once (onnxruntime, cached under
 benchmarks/.cache/local_seeds), and only what the seed and the variant change is recomputed, in the product's
-own code path: local.embed_images / greedy_coreset / synthetic_defect_patches / train_patch_ics, then
+own code path: local.embed_images / greedy_coreset / synthetic_defect_patches / train_ics_head, then
 fusion.fit_local_fusion and LocalScorer's fused score. Checked against the CLI: deeppcb seed 0 0.9108 here vs
 0.9111 through `icsscan train` + `scan` (ONNX); casting 0.9937 vs 0.9938.
 
@@ -37,8 +37,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from icsscan import ICSDetector, data  # noqa: E402
+from icsscan import knn as K  # noqa: E402
 from icsscan import local as L  # noqa: E402
-from icsscan.backbones import PatchFeatures, onnx_runtime  # noqa: E402
+from icsscan.backbones import PatchFeatures  # noqa: E402
+from icsscan.tracing import onnx_runtime  # noqa: E402
 from icsscan.config import preset_config, score_parts  # noqa: E402
 from icsscan.thresholds import calibration_holdout  # noqa: E402
 from icsscan.fusion import fit_local_fusion  # noqa: E402
@@ -127,7 +129,7 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
     scorer.features = Lookup(s.train)
     per_image = max(16, math.ceil(cfg.patch_candidates / len(fit_idx)))
     pooled, patches, owners = L.embed_images(scorer.features, rows(fit_idx), per_image, gen)
-    chosen = L.greedy_coreset(patches, cfg.bank_size, gen) if cfg.bank == "coreset" else \
+    chosen = K.greedy_coreset(patches, cfg.bank_size, gen) if cfg.bank == "coreset" else \
         torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
     bank = patches[chosen]
     scorer.bank_mean, scorer.bank = bank.mean(0), bank - bank.mean(0)
@@ -166,7 +168,7 @@ def run_one(s: SetCache, seed: int, overrides: dict) -> dict:
             for i in range(0, len(s.test), 8):
                 maps, pooled_test = scorer.component_maps(rows(range(i, min(i + 8, len(s.test)))))
                 knn.append(maps["knn"])
-                gknn.append(L.nearest_distance((pooled_test - scorer.train_mean)[None], scorer.train_embeddings)[0])
+                gknn.append(K.knn_distance((pooled_test - scorer.train_mean)[None], scorer.train_embeddings)[0])
             knn, gknn = torch.cat(knn), torch.cat(gknn)
             torch.save((knn, gknn), knn_file)
         pics = torch.cat([scorer.head(torch.from_numpy(np.ascontiguousarray(s.test[i:i + 8])).float()).reshape(-1, h, w)

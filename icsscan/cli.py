@@ -186,18 +186,21 @@ def train(
     channels: Channels = 0,
     calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
                                                         "to calibrate thresholds.")] = 0.1,
-    score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rot, maha (from "
-                                       "scratch), eknn, eics (pretrained embedding); local models: knn, pics, gknn; "
-                                       "or several joined by +, each optionally weighted as name*w (default: "
-                                       "eknn+eics+ssim for images of at most 64 px, knn+pics+gknn for larger ones, "
-                                       "ics+ssim+rot*0.7+maha*2 with --backbone small).")] = "",
+    score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rotation, "
+                                       "mahalanobis (from scratch), embedding_knn, embedding_ics (pretrained "
+                                       "embedding); local models: patch_knn, patch_ics, global_knn; or several "
+                                       "joined by +, each optionally weighted as name*w (default: "
+                                       "embedding_knn+embedding_ics+ssim for images of at most 64 px, "
+                                       "patch_knn+patch_ics+global_knn for larger ones, "
+                                       "ics+ssim+rotation*0.7+mahalanobis*2 with --backbone small). The short "
+                                       "names rot, maha, eknn, eics, knn, pics, gknn are accepted too.")] = "",
     backbone: Annotated[str, typer.Option(help="auto (default: efficientnet-lite0 local scores for images over "
                                           "64 px; smaller ones get one global score on the pretrained embedding), "
                                           "efficientnet-lite0 (ImageNet-pretrained, local scores and heat maps at "
                                           "the images' own resolution), small or alexnet (the from-scratch ICS "
                                           "recipe: fastest scans).")] = "auto",
     embed_size: Annotated[int, typer.Option(help="Side in px at which whole-object images are fed to the "
-                                            "pretrained network for the eknn/eics components (0 = the preset's, "
+                                            "pretrained network for the embedding_knn / embedding_ics components (0 = the preset's, "
                                             "160; 112 is ~2x faster to train and scan, a little less accurate).")] = 0,
     bank_size: Annotated[int, typer.Option(help="Local models: patches in the kNN memory bank (0 = the preset's, "
                                            "2048). Larger covers more normal variety (parts that vary a lot) "
@@ -207,7 +210,7 @@ def train(
     weights: Annotated[str, typer.Option(help="How the score's components are weighted: auto (the preset's), "
                                          "synthetic (by how well each tells held-out normals from synthetic "
                                          "anomalies made from them: no labels needed), gated (local models: the "
-                                         "--score string's weights, dropping the global gknn when it cannot tell "
+                                         "--score string's weights, dropping global_knn when it cannot tell "
                                          "them apart better than chance; the local default) or fixed (the --score "
                                          "string's weights as given).")] = "auto",
     brightness: Annotated[str, typer.Option(help="Local models: normalise (default: each image's brightness and "
@@ -259,14 +262,14 @@ def export(
 ) -> None:
     """Export the bundle's scorer to ONNX (raw score, dynamic batch) and check parity with PyTorch."""
     with errors_as_exit_codes():
+        from .bundle import export_model
         from .detector import ICSDetector
-        from .export import export_onnx
 
         if opset < 11:
             raise UsageError(f"--opset {opset}: icsscan needs opset ≥ 11")
         det = ICSDetector.load(model_dir, device="cpu")
         target = output or (model_dir / "model.onnx")
-        diff = export_onnx(det, target, opset=opset)
+        diff = export_model(det, target, opset=opset)
         typer.echo(f"export: wrote {target} (opset {opset}); onnx.checker passed; "
                    f"max |onnx - pytorch| = {diff:.2e} on real images (limit 1e-4)")
 

@@ -19,9 +19,16 @@ LOCAL_COMPONENTS = ("knn", "pics", "gknn")
 # trained on those embeddings.
 EMBED_COMPONENTS = ("eknn", "eics")
 GLOBAL_COMPONENTS = COMPONENTS + EMBED_COMPONENTS
-GLOBAL_DEFAULT_SCORE = "ics+ssim+rot*0.7+maha*2"   # the from-scratch recipe (backbone small / alexnet)
-WHOLE_DEFAULT_SCORE = "eknn+eics+ssim"             # whole-object images (≤ AUTO_LOCAL_ABOVE px), backbone auto
-LOCAL_DEFAULT_SCORE = "knn+pics+gknn"
+# What users read (config.json, ONNX metadata, reports, docs) for each component; the short names are the keys
+# the code uses (fusion numbers, buffers), and they stay accepted wherever a score string is read (--score, the
+# config of older bundles): "knn+pics" and "patch_knn+patch_ics" are the same score.
+READABLE_NAMES = {"ics": "ics", "ssim": "ssim", "rot": "rotation", "maha": "mahalanobis",
+                  "eknn": "embedding_knn", "eics": "embedding_ics",
+                  "knn": "patch_knn", "pics": "patch_ics", "gknn": "global_knn"}
+SHORT_NAMES = {readable: short for short, readable in READABLE_NAMES.items()}
+GLOBAL_DEFAULT_SCORE = "ics+ssim+rotation*0.7+mahalanobis*2"  # the from-scratch recipe (backbone small / alexnet)
+WHOLE_DEFAULT_SCORE = "embedding_knn+embedding_ics+ssim"      # whole-object images (≤ AUTO_LOCAL_ABOVE px), auto
+LOCAL_DEFAULT_SCORE = "patch_knn+patch_ics+global_knn"
 PRETRAINED_BACKBONES = ("efficientnet-lite0",)
 # backbone "auto": images whose usual side is at most this are whole-object thumbnails (MNIST, CIFAR) and get
 # the global from-scratch recipe; larger ones are scored locally on pretrained features (README "Choosing").
@@ -30,9 +37,23 @@ MIN_IMAGES = 20  # training images a global model needs (it trains networks from
 
 
 def _score_terms(score: str) -> list[tuple[str, str]]:
-    """"ics + rot*0.7" → [("ics", "1"), ("rot", "0.7")] (name, weight text), whitespace stripped."""
+    """"ics + rotation*0.7" → [("ics", "1"), ("rot", "0.7")] (short name, weight text), whitespace stripped."""
     terms = [(t.split("*", 1) + ["1"])[:2] for t in score.split("+")]
-    return [(name.strip(), weight.strip()) for name, weight in terms]
+    return [(SHORT_NAMES.get(name.strip(), name.strip()), weight.strip()) for name, weight in terms]
+
+
+def readable_score(score: str) -> str:
+    """A score string in readable names: "knn+pics*0.5" → "patch_knn+patch_ics*0.5" ("auto" and names that are
+    no component's are left as they are, for validate to report)."""
+    if score == "auto" or not score:
+        return score
+    return "+".join(READABLE_NAMES.get(name, name) + ("" if weight == "1" else f"*{weight}")
+                    for name, weight in _score_terms(score))
+
+
+def readable(part: str) -> str:
+    """A component's readable name ("gknn" → "global_knn")."""
+    return READABLE_NAMES.get(part, part)
 
 
 def score_parts(score: str) -> tuple[str, ...]:
@@ -159,6 +180,9 @@ class ICSConfig:
     workers: int = 4
     log_every: int = 10
 
+    def __post_init__(self) -> None:  # one spelling of the score in config.json, metadata and reports
+        object.__setattr__(self, "score", readable_score(self.score))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -192,11 +216,12 @@ class ICSConfig:
         if self.backbone == "auto":
             known = GLOBAL_COMPONENTS + LOCAL_COMPONENTS
         if not parts or any(p not in known for p in parts) or len(set(parts)) != len(parts):
-            raise ValueError(f"score must be one or more of {', '.join(known)} joined by '+' "
-                             f"(each optionally weighted, e.g. maha*2), got {self.score!r}")
+            raise ValueError(f"score must be one or more of {', '.join(map(readable, known))} (or their short "
+                             f"names {', '.join(known)}) joined by '+' (each optionally weighted, e.g. "
+                             f"mahalanobis*2), got {self.score!r}")
         if self.backbone == "auto" and any(p in LOCAL_COMPONENTS for p in parts) and any(p in GLOBAL_COMPONENTS for p in parts):
-            raise ValueError(f"score {self.score!r} mixes global ({', '.join(GLOBAL_COMPONENTS)}) and local "
-                             f"({', '.join(LOCAL_COMPONENTS)}) components")
+            raise ValueError(f"score {self.score!r} mixes global ({', '.join(map(readable, GLOBAL_COMPONENTS))}) "
+                             f"and local ({', '.join(map(readable, LOCAL_COMPONENTS))}) components")
         if self.backbone not in ("auto", "small", "alexnet", *PRETRAINED_BACKBONES):
             raise ValueError(f"backbone must be auto, small, alexnet or {', '.join(PRETRAINED_BACKBONES)}, "
                              f"got {self.backbone!r}")

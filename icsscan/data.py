@@ -216,14 +216,34 @@ def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
     return np.moveaxis(x, -1, -3).copy()
 
 
+def decode_pool(workers: int) -> ThreadPoolExecutor:
+    """The thread pool images are decoded in, everywhere in icsscan (fit, scan, the Ray engine's decode tasks).
+
+    Threads, not processes: Pillow releases the GIL while decoding and resizing, so threads give real
+    parallelism without the start-up cost and platform trouble (Windows spawn) of worker processes."""
+    return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="icsscan-decode")
+
+
+def decode_or_reason(path: str | os.PathLike, size: Size) -> tuple[np.ndarray | None, str, tuple[int, int] | None]:
+    """(pixels, "", original (width, height)), or (None, reason, None) for a file that cannot be decoded: a bad
+    file costs its own row, never the run."""
+    try:
+        arr, original = decode_image_sized(path, size)
+        return arr, "", original
+    except DecodeError as exc:
+        return None, str(exc), None
+
+
+def decode_list(paths: Sequence[str | os.PathLike], size: Size, pool: ThreadPoolExecutor | None = None) -> list:
+    """decode_or_reason of each path, in input order, in `pool`'s threads (here, one by one, when None)."""
+    work = lambda p: decode_or_reason(p, size)  # noqa: E731
+    return list(pool.map(work, paths)) if pool else [work(p) for p in paths]
+
+
 def decode_many(
     paths: Sequence[str | os.PathLike], size: Size, workers: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Decode paths in parallel threads; yields (index, array or None, error or None) in input order.
-
-    Pillow releases the GIL while decoding and resizing, so threads give real parallelism without the
-    start-up cost and platform trouble (Windows spawn) of worker processes.
-    """
+    """Decode paths in a decode_pool; yields (index, array or None, error or None) in input order."""
 
     def work(i: int):
         try:
@@ -235,7 +255,7 @@ def decode_many(
         for i in range(len(paths)):
             yield work(i)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with decode_pool(workers) as pool:
         yield from pool.map(work, range(len(paths)))
 
 
@@ -309,6 +329,19 @@ def typical_shape(paths: Sequence[str | os.PathLike], sample: int = 200) -> tupl
         except Exception:  # noqa: BLE001 - unreadable files are reported by the real decode later
             continue
     return shapes.most_common(1)[0][0] if shapes else None
+
+
+def input_shape(X) -> tuple[int, int]:
+    """The usual (width, height) of a fit's input: an array's (N, H, W[, C]) or (N, C, H, W) shape, or the most
+    common size among a folder's or file list's images (64 x 64 when none can be read)."""
+    if isinstance(X, np.ndarray):
+        if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
+            return int(X.shape[3]), int(X.shape[2])
+        return (int(X.shape[2]), int(X.shape[1])) if X.ndim > 2 else (1, 1)
+    paths = list_inputs(X)
+    if not paths:
+        raise UsageError(f"{X}: no image files found ({', '.join(IMAGE_EXTENSIONS)}, any letter case)")
+    return typical_shape(paths) or (64, 64)
 
 
 def local_input_size(shape: tuple[int, int], long_side: int = 0, min_side: int = 224,

@@ -25,7 +25,7 @@ from .fusion import fuse_global, fuse_local
 from .models import ConvAutoencoder, ICSClassifier, resolve_device
 from .runinfo import now_iso
 from .scorer import CLASSIFIER_COMPONENTS, SCORE_BATCH, fit_latent_gaussian
-from .split import split_by_ssim, ssim_scores, train_autoencoder
+from .split import rank_by_ssim, split_by_ssim, ssim_scores, train_autoencoder
 from .thresholds import DEFAULT_THRESHOLD, calibration_holdout, percentile_of, threshold_for_rate
 from .train import train_ics
 
@@ -100,6 +100,22 @@ class ICSDetector:
         if self.progress:
             self.progress(stage, completed, total, info)
 
+    def _counter(self, stage: str, total: int) -> Callable[[int], None]:
+        """A callback that adds n to a running count and reports it as `stage` progress of `total`."""
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            self._tick(stage, done[0], total)
+        return advance
+
+    def _training_logger(self, total: int) -> Callable[[dict], None]:
+        """A callback that keeps a training-loop row in train_log_ and reports it as "train" progress."""
+        def on_log(row: dict) -> None:
+            self.train_log_.append(row)
+            self._tick("train", row["iteration"], total, **{k: v for k, v in row.items() if k not in ("iteration", "head")})
+        return on_log
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "scorer_"):
             raise NotFittedError("this ICSDetector is not fitted yet: call fit() or ICSDetector.load() first")
@@ -112,15 +128,9 @@ class ICSDetector:
         paths = list_inputs(X)
         on_failure = (lambda f: print(f"warning: skipped {data.printable(f.path)}: {f.reason}", file=sys.stderr)
                       if warn else None)
-        total = len(paths)
-        done = [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            self._tick("decode", done[0], total)
-
         workers = self.workers if self.workers is not None else (self.config or preset_config(self.preset)).workers
-        return data.load_images(paths, size, workers=workers, on_failure=on_failure, progress=advance)
+        return data.load_images(paths, size, workers=workers, on_failure=on_failure,
+                                progress=self._counter("decode", len(paths)))
 
     def _tensor(self, rgb: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(data.to_channels(rgb, self.channels_)).to(device)
@@ -131,15 +141,7 @@ class ICSDetector:
         t = time.perf_counter()
         cfg = self._resolved_config()
         device = resolve_device(cfg.device)
-        if isinstance(X, np.ndarray):
-            shape = (int(X.shape[2]), int(X.shape[1])) if X.ndim > 2 else (1, 1)
-            if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
-                shape = (int(X.shape[3]), int(X.shape[2]))
-        else:
-            paths = list_inputs(X)
-            if not paths:
-                raise UsageError(f"{X}: no image files found ({', '.join(data.IMAGE_EXTENSIONS)}, any letter case)")
-            shape = data.typical_shape(paths) or (64, 64)
+        shape = data.input_shape(X)
         cfg = resolve_backbone(cfg, shape)
         if cfg.is_local:
             width, height = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
@@ -181,8 +183,7 @@ class ICSDetector:
             atypical = np.array([given[p] == "atypical" for p in paths])
             if atypical.sum() < 2 or (~atypical).sum() < 2:
                 raise UsageError("--split: need at least 2 typical and 2 atypical images among the training images")
-            rank = np.empty(len(paths), dtype=np.int64)
-            rank[np.lexsort((np.arange(len(paths)), ssim_values))] = np.arange(1, len(paths) + 1)
+            rank = rank_by_ssim(ssim_values)
         self.split_ = {"paths": paths, "ssim": ssim_values, "rank": rank, "atypical": atypical}
 
     def fit_split(self, X: Any) -> "ICSDetector":
@@ -233,20 +234,20 @@ class ICSDetector:
             timings["split_s"] = time.perf_counter() - t
         if any(p in CLASSIFIER_COMPONENTS for p in parts):  # 2. train the ICS classifier on that split
             t = time.perf_counter()
-
-            def on_log(row: dict) -> None:
-                self.train_log_.append(row)
-                self._tick("train", row["iteration"], cfg.iterations, **{k: v for k, v in row.items() if k != "iteration"})
-
             atypical = torch.as_tensor(self.split_["atypical"], device=device)
-            self.classifier_ = train_ics(images, atypical, cfg, device, losses=cfg.ics_losses, on_log=on_log)
+            self.classifier_ = train_ics(images, atypical, cfg, device, losses=cfg.ics_losses,
+                                         on_log=self._training_logger(cfg.iterations))
             timings["train_s"] = time.perf_counter() - t
 
         # 2b. the pretrained whole-object components: embeddings, kNN bank, ICS head on embeddings
         embedder, self.embed_info_ = None, None
         if any(p in EMBED_COMPONENTS for p in parts):
+            from .embed import fit_embedder
+
             t = time.perf_counter()
-            embedder = self._fit_embedder(images, cfg, device)
+            embedder, self.embed_info_ = fit_embedder(images, cfg, self._counter("features", len(images)),
+                                                      self._training_logger(cfg.embed_iterations))
+            self.embed_info_.pop("train_log")  # kept in train_log_; bundle.embedding_metadata adds the bank's size
             timings["embed_s"] = time.perf_counter() - t
 
         # 3. score: fuse the components on held-out normals (training images when there are too few)
@@ -270,30 +271,6 @@ class ICSDetector:
         self.calibration_scores_ = scores
         return self._fitted(loaded, fit_idx, cal_idx, PARITY_SAMPLES, timings, t, t_start)
 
-    def _fit_embedder(self, images: torch.Tensor, cfg: ICSConfig, device: torch.device):
-        """The pretrained whole-object components (embed.py): embed the training images, bank, ICS head."""
-        from .embed import ImageEmbedding, embed_all, fit_embedding
-
-        parts = tuple(p for p in score_parts(cfg.score) if p in EMBED_COMPONENTS)
-        embedding = ImageEmbedding(cfg.embed_size).to(device).eval()
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            self._tick("features", done[0], len(images))
-
-        train = embed_all(embedding, images, tick=tick).to(device)
-
-        def on_log(row: dict) -> None:
-            self.train_log_.append(row)
-            self._tick("train", row["iteration"], cfg.embed_iterations,
-                       **{k: v for k, v in row.items() if k != "iteration"})
-
-        embedder, info = fit_embedding(train, cfg, parts, embedding=embedding, on_log=on_log)
-        info.pop("train_log")
-        self.embed_info_ = info  # bundle.embedding_metadata adds the bank's size and the network's
-        return embedder.to(device).eval()
-
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
                    t_start: float) -> "ICSDetector":
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
@@ -302,18 +279,8 @@ class ICSDetector:
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
-        done = [0]
-
-        def tick(stage: str, n: int, row: dict | None = None) -> None:
-            if stage == "features":
-                done[0] += n
-                self._tick("features", done[0], len(fit_idx))
-            else:
-                self.train_log_.append(row)
-                self._tick("train", n, cfg.patch_iterations * cfg.patch_heads,
-                           **{k: v for k, v in row.items() if k not in ("iteration", "head")})
-
-        scorer, info = fit_local(images, cfg, tick)
+        scorer, info = fit_local(images, cfg, self._counter("features", len(fit_idx)),
+                                 self._training_logger(cfg.patch_iterations * cfg.patch_heads))
         timings.update(info.pop("timings"))
         info.pop("train_log")
         self.local_info_ = info

@@ -27,8 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import STAGE_CHANNELS, efficientnet_lite0, onnx_cpu_runner
-from .local import PatchICSHead, train_patch_ics
+from .backbones import STAGE_CHANNELS, efficientnet_lite0
+from .tracing import onnx_cpu_runner
+from .knn import knn_distance, leave_one_out_knn_distance, mark_atypical
+from .train import ICSHead, train_ics_head
 
 EMBED_COMPONENTS = ("eknn", "eics")
 EMBED_STAGES = (3, 4)
@@ -55,15 +57,6 @@ class ImageEmbedding(nn.Module):
         return torch.cat(parts, 1) / math.sqrt(len(parts))
 
 
-def knn_distance(q: torch.Tensor, bank: torch.Tensor, k: int, skip_self: bool = False) -> torch.Tensor:
-    """Mean squared Euclidean distance of each row of q (N, D) to its k nearest rows of bank (M, D), by one
-    matmul (skip_self: q's rows are in the bank, so the nearest, itself, is left out)."""
-    d2 = (q * q).sum(-1, keepdim=True) - 2.0 * q @ bank.T + (bank * bank).sum(-1)
-    k = min(k, bank.shape[0] - int(skip_self))
-    nearest = d2.topk(k + int(skip_self), dim=-1, largest=False).values
-    return nearest[:, int(skip_self):].clamp_min(0.0).mean(-1)
-
-
 class EmbeddingScorer(nn.Module):
     """The pretrained whole-object components of a global model: pixels (N, C, S, S) in [0, 1] → eknn, eics.
 
@@ -74,7 +67,7 @@ class EmbeddingScorer(nn.Module):
         super().__init__()
         self.parts, self.k = parts, k
         self.embedding = ImageEmbedding(size, pretrained=pretrained)
-        self.head = PatchICSHead(self.embedding.dim)
+        self.head = ICSHead(self.embedding.dim)
         # centred like local.py's bank: distances unchanged, less float32 cancellation (ONNX parity)
         self.register_buffer("bank", torch.zeros(n_bank, self.embedding.dim))
         self.register_buffer("bank_mean", torch.zeros(self.embedding.dim))
@@ -114,10 +107,22 @@ def embed_all(embedding: ImageEmbedding, images, batch: int = 64, tick: Callable
 
 def split_by_knn(e: torch.Tensor, rho: float, k: int = K_NEIGHBOURS, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out kNN distance of each training embedding to the others, and the ρ largest marked atypical."""
-    distance = torch.cat([knn_distance(e[i:i + chunk], e, k, skip_self=True) for i in range(0, len(e), chunk)])
-    atypical = torch.zeros(len(e), dtype=torch.bool)
-    atypical[torch.argsort(distance, descending=True)[:max(2, int(round(rho * len(e))))]] = True
-    return distance, atypical
+    distance = leave_one_out_knn_distance(e, k, chunk)
+    return distance, mark_atypical(distance, rho)
+
+
+def fit_embedder(images: torch.Tensor, cfg, on_features: Callable[[int], None] | None = None,
+                 on_log: Callable[[dict], None] | None = None) -> tuple[EmbeddingScorer, dict]:
+    """The pretrained whole-object components of `cfg.score` from training images (N, C, S, S) in [0, 1]: embed
+    them (on_features(n) after each batch), then fit_embedding (on_log(row) during the ICS head's training).
+    Returns the scorer on the images' device, in eval mode, and what the bundle records (train_log, timings)."""
+    from .config import score_parts
+
+    parts = tuple(p for p in score_parts(cfg.score) if p in EMBED_COMPONENTS)
+    embedding = ImageEmbedding(cfg.embed_size).to(images.device).eval()
+    train = embed_all(embedding, images, tick=on_features).to(images.device)
+    embedder, info = fit_embedding(train, cfg, parts, embedding=embedding, on_log=on_log)
+    return embedder.to(images.device).eval(), info
 
 
 def fit_embedding(train: torch.Tensor, cfg, parts: tuple[str, ...], embedding: ImageEmbedding | None = None,
@@ -134,8 +139,8 @@ def fit_embedding(train: torch.Tensor, cfg, parts: tuple[str, ...], embedding: I
     distance, atypical = split_by_knn(train, cfg.rho)
     log = []
     if "eics" in parts:
-        log = train_patch_ics(scorer.head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr,
-                              cfg.seed, on_log=on_log)
+        log = train_ics_head(scorer.head, train, atypical, cfg.embed_iterations, cfg.embed_batch, cfg.patch_lr,
+                             cfg.seed, on_log=on_log, beta1=cfg.beta1, grad_clip=cfg.grad_clip)
     scorer.eval()
     info = {"n_atypical": int(atypical.sum()), "atypical_distance_cut": float(distance[atypical].min()),
             "train_log": log, "timings": {"train_s": time.perf_counter() - t}}

@@ -423,7 +423,7 @@ def write_overlays(ev: Evaluation, out: Path) -> dict[str, list[dict]]:
 
 def write_scores_csv(ev: Evaluation, path: Path) -> None:
     from .files import atomic_write
-    from .report import neutralise
+    from .files import neutralise
 
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -441,7 +441,7 @@ def write_evaluation(ev: Evaluation, out: Path, source: dict, gates: dict[str, f
     report.html into `out`; returns the metrics dict (as in metrics.json)."""
     from . import plots
     from .files import staged
-    from .report import safe_text
+    from .files import safe_text
     from .runinfo import machine, now_iso, versions, write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .backbones import trace_onnx
+from .tracing import trace_onnx
 from .config import ICSConfig
 from .errors import ModelError
 from .files import write_bytes_atomic
@@ -72,13 +72,6 @@ def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
         "opset": str(opset),
         "created": now_iso(),
     }
-
-
-def export_onnx(det, path: str | os.PathLike, opset: int = DEFAULT_OPSET, quiet: bool = False) -> float:
-    """Write a fitted or loaded detector's scorer to `path` (export_scorer with its bundle's dict)."""
-    from .bundle import contents
-
-    return export_scorer(det.scorer_, contents(det), path, getattr(det, "parity_inputs_", None), opset, quiet)
 
 
 def export_scorer(scorer: torch.nn.Module, bundle: dict, path: str | os.PathLike, parity_sample: np.ndarray | None,

@@ -147,3 +147,19 @@ def out_lock(out: str | os.PathLike, option: str = "--out") -> Iterator[None]:
     finally:
         Path(lock).unlink(missing_ok=True)  # while still held, so no one else locks the file being removed
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------- text written into files
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_text(value: str) -> str:
+    """Printable UTF-8 for any file name (undecodable bytes become \\x escapes)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def neutralise(value: str) -> str:
+    """Defuse spreadsheet formulas: a cell starting with = + - @ (or tab/CR) gets a leading apostrophe."""
+    value = safe_text(value)
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value

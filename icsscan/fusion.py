@@ -4,7 +4,7 @@ Each component is standardised by its median and spread (IQR/1.349) on held-out 
 (linearly, or through a signed log first: `fused_sum`), and shifted so that the sigmoid puts 0.5 at the (1 − ρ)
 quantile of those normals (`standardise_and_offset`). The weights come from the score string ("fixed"), or without
 labels from how well each component tells held-out normals from synthetic anomalies of them ("synthetic",
-`weigh_without_labels`; local models also "gated", local.gated_weights). `fit_fusion` fits a global model's
+`weigh_without_labels`; local models also "gated", gated_weights). `fit_fusion` fits a global model's
 scorer (scorer.AnomalyScorer), `fit_local_fusion` a local one's (local.LocalScorer).
 """
 from __future__ import annotations
@@ -22,6 +22,58 @@ from .scorer import SCORE_BATCH, AnomalyScorer, rotation_accuracy
 # 98.75, 8 91.01 / 95.06 / 98.86 (both with the signed log; 8 with the linear sum 91.01 / 95.15 / 99.02). The
 # power was chosen on those benchmarks (one number for all); the weights a user gets come from their normals alone
 WHOLE_OBJECT_POWER = 8
+
+
+# ---------------------------------------------------------------- the label-free weighting rules
+
+def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],
+                       power: float = 2) -> dict[str, tuple[float, float]]:
+    """Each component's (weight, AUC) from how well it tells held-out normals from their synthetic-defect copies.
+
+    weight ∝ (2·AUC − 1)^power (0 at chance; a component that cannot see the defects a user cares about gets no
+    say), normalised to sum to 1; if no component beats chance, equal weights.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for part in normal:
+        y = np.r_[np.zeros(len(normal[part])), np.ones(len(synthetic[part]))]
+        auc = float(roc_auc_score(y, np.r_[normal[part], synthetic[part]]))
+        out[part] = (max(0.0, 2 * auc - 1) ** power, auc)
+    total = sum(w for w, _ in out.values())
+    if total <= 0:
+        return {p: (1 / len(out), auc) for p, (_, auc) in out.items()}
+    return {p: (w / total, auc) for p, (w, auc) in out.items()}
+
+
+GATE_P_VALUE = 0.01  # a gated component is kept when it beats chance on normals vs synthetic defects at this level
+GATED_COMPONENTS = ("gknn",)  # the image-level ones; a local map component sees local changes by construction
+
+
+def gated_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
+                  gated: tuple[str, ...] = GATED_COMPONENTS) -> dict[str, tuple[float, float, float]]:
+    """Each component's (weight, AUC, p-value) from held-out normals vs their synthetic-defect copies: the fixed
+    weights, with a component of `gated` that cannot tell the two apart better than chance (one-sided
+    Mann-Whitney U, p ≥ GATE_P_VALUE) set to 0; renormalised. If nothing would be left, the fixed weights.
+
+    Why a gate and not weights ∝ that AUC (label_free_weights): pics is trained on the same kind of defects and
+    scores ~0.92-1.0 there, so proportional weights handed it 0.88 of the say (deeppcb 0.787 vs 0.836 equal).
+    The gate asks one question the generator can answer: does the image's mean embedding see small local
+    changes *at all*? On many parts it does not (deeppcb: AUC 0.50), and a component at chance in an
+    equal-weight average costs the fusion 0.01-0.05 AUC. Only image-level components are gated: with few
+    held-out normals (10 → AUC ≥ 0.78 needed) the test would also drop the local ones, which the map needs."""
+    from scipy.stats import mannwhitneyu
+
+    out = {}
+    for part, weight in fixed.items():
+        test = mannwhitneyu(synthetic[part], normal[part], alternative="greater")
+        auc = float(test.statistic) / (len(normal[part]) * len(synthetic[part]))
+        keep = part not in gated or test.pvalue < GATE_P_VALUE
+        out[part] = (weight if keep else 0.0, auc, float(test.pvalue))
+    total = sum(w for w, _, _ in out.values())
+    if total <= 0:
+        return {p: (fixed[p], auc, pv) for p, (_, auc, pv) in out.items()}
+    return {p: (w / total, auc, pv) for p, (w, auc, pv) in out.items()}
 
 
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
@@ -60,9 +112,8 @@ def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, flo
 
 def weigh_without_labels(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
                          record: dict[str, float], power: float = 2) -> dict[str, float]:
-    """The fixed weights times each component's label-free weight (local.label_free_weights, ∝ (2·AUC − 1)^power),
+    """The fixed weights times each component's label-free weight (label_free_weights, ∝ (2·AUC − 1)^power),
     normalised; each component's AUC on normals vs synthetic anomalies is recorded as `<part>_synthetic_auc`."""
-    from .local import label_free_weights
 
     found = label_free_weights(normal, synthetic, power)
     weights = {p: w * fixed[p] * len(fixed) for p, (w, _) in found.items()}
@@ -80,7 +131,7 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
     """Centre and spread of each component on reference normals, and the offset that puts 0.5 at (1 − ρ).
 
     With `synthetic` (the reference normals with one synthetic anomaly each) the score string's weights are
-    multiplied by label-free ones: how well each component separates the two sets (local.label_free_weights).
+    multiplied by label-free ones: how well each component separates the two sets (label_free_weights).
     reference_is_training: too few images for a held-out set, the training images stand in (their eknn is
     taken to the nearest *other* training images)."""
     def values_of(images: torch.Tensor, exclude_self: bool = False) -> dict[str, np.ndarray]:
@@ -119,7 +170,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
 
     With `synthetic` (the held-out normals with one synthetic local defect each, local.synthetic_defects) the
     weights are chosen without labels: local_weights "gated" keeps the score string's weights (equal by default)
-    but drops the global gknn when it cannot tell the two sets apart better than chance (local.gated_weights);
+    but drops the global gknn when it cannot tell the two sets apart better than chance (gated_weights);
     "synthetic" makes each component's share grow with how well it separates them.
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
@@ -132,8 +183,6 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
         defected = component_values(scorer, synthetic, False, batch)
         if cfg.local_weights == "gated":  # drop the global component if it cannot see small local changes
-            from .local import gated_weights
-
             gated = gated_weights(values, defected, weights)
             weights = {p: w for p, (w, _, _) in gated.items()}
             for p, (_, auc, p_value) in gated.items():
@@ -230,7 +279,7 @@ def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, cal_idx: np.ndar
     `images[fit_idx]` when there are none) and written into its buffers; returns (fusion, the held-out normals'
     sorted scores, empty without them). Weights "synthetic" and "gated" read copies of those normals with one
     synthetic local defect each (local.synthetic_defects)."""
-    from .backbones import onnx_runtime
+    from .tracing import onnx_runtime
     from .local import FloatBatches, scores_from_components, synthetic_defects
 
     reference = FloatBatches(images, cfg.channels, device, rows=cal_idx if len(cal_idx) else fit_idx)

@@ -31,10 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .backbones import PatchFeatures, onnx_runtime
-from .models import signed_log1p
+from .backbones import PatchFeatures
+from .tracing import onnx_runtime
+from .knn import greedy_coreset, knn_distance, leave_own_image_out_distance, mark_atypical, nearest_bank_distance
+from .models import FusionBuffers
+from .train import ICSHead, train_ics_head
 
 LOCAL_COMPONENTS = ("knn", "pics", "gknn")
 MAP_COMPONENTS = ("knn", "pics")  # the ones with a value per location
@@ -42,23 +44,6 @@ SPLIT_PATCHES = 30_000  # normal patches split into typical / atypical and used 
 SYNTHETIC_SPLIT_IMAGES = 150  # training images given synthetic defects for the atypical side (patch_split synthetic)
 SYNTHETIC_DEFECTS_PER_IMAGE = 3  # on each of them: the backbone pass costs the same, the head sees 3× the variety
 TOP_K = 10  # locations averaged into a map's image value
-
-
-class PatchICSHead(nn.Module):
-    """The ICS classifier on patch embeddings: e → hidden → z → one unit (logit; sigmoid = P(atypical))."""
-
-    def __init__(self, dim: int, hidden: int = 128, latent: int = 64):
-        super().__init__()
-        self.to_latent = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, latent))
-        self.output = nn.Linear(latent, 1)
-        self.register_buffer("e_mean", torch.zeros(dim))
-        self.register_buffer("e_std", torch.ones(dim))
-
-    def embed(self, e: torch.Tensor) -> torch.Tensor:
-        return self.to_latent((e - self.e_mean) / self.e_std)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.output(self.embed(e))[..., 0]
 
 
 class PatchICSEnsemble(nn.Module):
@@ -71,7 +56,7 @@ class PatchICSEnsemble(nn.Module):
 
     def __init__(self, dim: int, n: int):
         super().__init__()
-        self.members = nn.ModuleList(PatchICSHead(dim) for _ in range(n))
+        self.members = nn.ModuleList(ICSHead(dim) for _ in range(n))
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return sum(member(e) for member in self.members) / len(self.members)
@@ -79,10 +64,10 @@ class PatchICSEnsemble(nn.Module):
 
 def patch_head(dim: int, n: int) -> nn.Module:
     """One head as before (its state keys unchanged, so older bundles load), or an ensemble of n."""
-    return PatchICSHead(dim) if n == 1 else PatchICSEnsemble(dim, n)
+    return ICSHead(dim) if n == 1 else PatchICSEnsemble(dim, n)
 
 
-def head_members(head: nn.Module) -> list[PatchICSHead]:
+def head_members(head: nn.Module) -> list[ICSHead]:
     return list(head.members) if isinstance(head, PatchICSEnsemble) else [head]
 
 
@@ -91,31 +76,7 @@ def count_heads(state: dict) -> int:
     return len({k.split(".")[2] for k in state if k.startswith("head.members.")}) or 1
 
 
-class SymmetricDistanceHead(nn.Module):
-    """dist(z_i, z_j) = sigmoid(w·|z_i − z_j| + b). The paper's head on (z_i − z_j) is antisymmetric: a pair and
-    its swap get logits of opposite sign, so closeness and dispersion both sit at ln 2 and cannot act. On |·|
-    both losses can be met (near pairs → small, far pairs → large)."""
-
-    def __init__(self, latent: int):
-        super().__init__()
-        self.dense = nn.Linear(latent, 1)
-
-    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
-        return self.dense((z_i - z_j).abs())[..., 0]
-
-    def pairwise(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        """forward for every pair (a_i, b_j): (A, D), (B, D) → (A, B), without the (A, B, D) tensor of |z_i − z_j|.
-
-        Σ_k w_k |a_ik − b_jk| = L1(a·w⁺, b·w⁺) − L1(a·w⁻, b·w⁻) with w⁺ = max(w, 0), w⁻ = max(−w, 0): two
-        torch.cdist(p=1) calls. Same values and gradients as forward (to float rounding; tests/test_local.py),
-        ~4x faster on the CPU (256 × 256 pairs of 64-d: 12 vs 47 ms forward + backward, 1 thread), which was
-        most of the ICS head's training time."""
-        w = self.dense.weight[0]
-        pos, neg = w.clamp_min(0.0), (-w).clamp_min(0.0)
-        return torch.cdist(z_a * pos, z_b * pos, p=1) - torch.cdist(z_a * neg, z_b * neg, p=1) + self.dense.bias
-
-
-class LocalScorer(nn.Module):
+class LocalScorer(FusionBuffers):
     """What `scan` runs for a local model: pixels (N, C, H, W) in [0, 1] → (score (N,), map (N, H/8, W/8))."""
 
     def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
@@ -132,14 +93,10 @@ class LocalScorer(nn.Module):
         self.register_buffer("bank_mean", torch.zeros(dim))
         self.register_buffer("train_embeddings", torch.zeros(n_train, dim))
         self.register_buffer("train_mean", torch.zeros(dim))
-        for part in LOCAL_COMPONENTS:
-            self.register_buffer(f"{part}_center", torch.tensor(0.0))
-            self.register_buffer(f"{part}_scale", torch.tensor(1.0))
-            self.register_buffer(f"{part}_weight", torch.tensor(1.0))
+        self.register_fusion(LOCAL_COMPONENTS, {}, default_weight=1.0)  # the values: set_fusion, below
         # the fused map's top-k value (aggregate "fused"); its weight is the local components' summed weight
         self.register_buffer("local_center", torch.tensor(0.0))
         self.register_buffer("local_scale", torch.tensor(1.0))
-        self.register_buffer("offset", torch.tensor(0.0))
         # the map's outermost row or column on each side (top, bottom, left, right) mapped affinely onto the
         # interior's statistics (gain, shift; entry 4, the interior, stays 1, 0): fusion.calibrate_edges
         self.register_buffer("edge_gain", torch.ones(EDGES + 1))
@@ -176,12 +133,9 @@ class LocalScorer(nn.Module):
         maps, pooled = self.component_maps(x)
         values = {p: top_k_mean(m) for p, m in maps.items()}
         if "gknn" in self.parts:
-            values["gknn"] = nearest_distance((pooled - self.train_mean)[None], self.train_embeddings,
-                                              skip_first=exclude_self)[0]
+            values["gknn"] = knn_distance((pooled - self.train_mean)[None], self.train_embeddings,
+                                          skip_self=exclude_self)[0]
         return values, maps
-
-    def standardised(self, part: str, value: torch.Tensor) -> torch.Tensor:
-        return signed_log1p((value - getattr(self, f"{part}_center")) / getattr(self, f"{part}_scale"))
 
     def heat(self, maps: dict[str, torch.Tensor], calibrated: bool = True) -> torch.Tensor | None:
         """The local components fused per location (N, h, w), in the image score's units; None if there are none."""
@@ -189,7 +143,7 @@ class LocalScorer(nn.Module):
         if not local:
             return None
         total = sum(getattr(self, f"{p}_weight") for p in local).clamp_min(1e-12)  # all weighted 0: a flat 0 map
-        heat = sum(getattr(self, f"{p}_weight") * self.standardised(p, maps[p]) for p in local) / total
+        heat = self.weighted_sum(maps, local) / total
         return self.edges_calibrated(heat) if calibrated else heat
 
     def edges_calibrated(self, heat: torch.Tensor) -> torch.Tensor:
@@ -209,9 +163,8 @@ class LocalScorer(nn.Module):
         if self.aggregate == "fused" and heat is not None:
             total = sum(getattr(self, f"{p}_weight") for p in local)
             z = total * self.standardised("local", top_k_mean(heat))
-            return z + sum(getattr(self, f"{p}_weight") * self.standardised(p, values[p])
-                           for p in self.parts if p not in local)
-        return sum(getattr(self, f"{p}_weight") * self.standardised(p, values[p]) for p in self.parts)
+            return z + self.weighted_sum(values, [p for p in self.parts if p not in local])
+        return self.weighted_sum(values, self.parts)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, maps = self.components(x)
@@ -300,32 +253,6 @@ def scores_from_components(scorer: LocalScorer, values: dict[str, np.ndarray], m
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
-def nearest_bank_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Squared distance of each row of q (..., P, D) to its nearest bank row, for the maps: the nearest row is
-    *found* by one float32 matmul (−2q·b + |b|²; |q|² does not change the ranking) and its distance then
-    computed directly as Σ(q − b)², which does not cancel. The matmul form's own value cancelled and left ~1e-4
-    between onnxruntime and PyTorch in float32; float64 fixed that at half the speed (the kNN was ~75 % of a
-    304-px scan's time; float32 is 2× faster).
-
-    The search is one matmul and one argmax, argmax_b [q, 1]·[2b, −|b|²]: written as |b|² − 2q·b it was a matmul
-    plus an elementwise pass over the (cells × bank rows) matrix — 24 MB per 304-px image, ~15 % of the kNN's
-    time in onnxruntime. The bank side is a constant of the exported graph (folded at export)."""
-    searched = torch.cat([2.0 * bank, -(bank * bank).sum(-1, keepdim=True)], 1)
-    nearest = (torch.cat([q, torch.ones_like(q[..., :1])], -1) @ searched.T).argmax(-1)
-    return ((q - bank[nearest]) ** 2).sum(-1)
-
-
-def nearest_distance(q: torch.Tensor, bank: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
-    """*Squared* Euclidean distance of each row of q (..., P, D) to its nearest row of bank (M, D), by one matmul
-    (skip_first: to the second nearest, for rows that are themselves in the bank).
-
-    Squared, not the distance: the ranking is the same, and sqrt near 0 (a patch that is in the bank) turns the
-    1e-3 rounding noise of |q|² − 2q·b + |b|² into 0.03, which broke ONNX/PyTorch parity."""
-    d2 = (q * q).sum(-1, keepdim=True) - 2.0 * q @ bank.T + (bank * bank).sum(-1)
-    nearest = d2.topk(2, dim=-1, largest=False).values[..., 1] if skip_first else d2.amin(-1)
-    return nearest.clamp_min(0.0)
-
-
 # ---------------------------------------------------------------------------------------------- fitting
 
 @torch.no_grad()
@@ -368,105 +295,6 @@ def embed_images(features: PatchFeatures, images, per_image: int, gen: torch.Gen
     return pooled, patches.reshape(-1, patches.shape[-1]), owners
 
 
-@torch.no_grad()
-def greedy_coreset(x: torch.Tensor, m: int, gen: torch.Generator, projection_dim: int = 64) -> torch.Tensor:
-    """Indices of m rows of x chosen by greedy k-center (PatchCore): each pick is the row farthest from all
-    previous picks. Unlike a random sample, rare-but-normal patches get a representative, so they do not look
-    abnormal later; distances are computed in a random projection (Johnson-Lindenstrauss) to save time."""
-    if m >= len(x):
-        return torch.arange(len(x))
-    proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
-    y = x @ proj.to(x.device)
-    y2 = (y * y).sum(1)
-    picks = [int(torch.randint(len(x), (1,), generator=gen))]
-    nearest = y2 - 2.0 * (y @ y[picks[0]]) + y2[picks[0]]  # |y − y_k|² as one matrix-vector product
-    for _ in range(m - 1):
-        k = int(nearest.argmax())
-        picks.append(k)
-        nearest = torch.minimum(nearest, y2 - 2.0 * (y @ y[k]) + y2[k])
-    return torch.tensor(picks)
-
-
-@torch.no_grad()
-def leave_own_image_out_distance(patches: torch.Tensor, owners: torch.Tensor, bank: torch.Tensor,
-                                 bank_owners: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Each candidate patch's distance to the nearest bank patch from *another* image (its own image's patches
-    in the bank would make it look perfectly typical)."""
-    out = []
-    b2 = (bank * bank).sum(1)
-    for i in range(0, len(patches), chunk):
-        q = patches[i:i + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + b2
-        d2 = d2.masked_fill(owners[i:i + chunk, None] == bank_owners[None, :], float("inf"))
-        out.append(d2.amin(1).clamp_min(0))
-    return torch.cat(out)
-
-
-def train_patch_ics(head: PatchICSHead, patches: torch.Tensor, atypical: torch.Tensor, iterations: int,
-                    batch: int, lr: float, seed: int, on_log: Callable[[dict], None] | None = None,
-                    log_every: int = 50, pair_losses: bool = True, symmetric: bool = True, ema: float = 0.0) -> list[dict]:
-    """The ICS loop of train.py on patch embeddings: closeness (typical pairs), intra-class BCE (typical = 0,
-    atypical = 1, balanced batch), dispersion (atypical pairs), one optimizer step each, in the paper's order.
-
-    ema > 0: the head is left with the exponential moving average of its weights over the steps (decay `ema` per
-    step; torch.optim.swa_utils), not the last step's: the steps' noise, which decided much of what the head
-    flags on unseen parts, averages out.
-
-    Ablations (benchmarks): pair_losses=False trains the intra-class BCE alone (the paper's NNwICS);
-    symmetric=False uses the paper's antisymmetric distance head σ(w·(z_i − z_j) + b)."""
-    from .models import DistanceHead
-    from .train import closeness_loss, dispersion_loss, intra_class_loss, pair_logits
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    device = patches.device
-    head.e_mean.copy_(patches.mean(0))
-    # per-dimension standardisation, but a near-constant dimension is not blown up: its std is floored at a tenth
-    # of the typical one (else float noise of 1e-5 between ONNX and PyTorch features became 1e-3 in the logit)
-    std = patches.std(0)
-    head.e_std.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-6))
-    dist = (SymmetricDistanceHead if symmetric else DistanceHead)(head.output.in_features).to(device)
-    params = [*head.parameters(), *dist.parameters()]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-    typical_idx = torch.nonzero(~atypical).squeeze(1).cpu()
-    atypical_idx = torch.nonzero(atypical).squeeze(1).cpu()
-
-    def sample(pool: torch.Tensor, n: int) -> torch.Tensor:
-        return patches[pool[torch.randint(len(pool), (n,), generator=gen)].to(device)]
-
-    def step(loss: torch.Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        return loss.item()
-
-    average = AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(ema)) if ema else None
-    log: list[dict] = []
-    head.train()
-    for it in range(1, iterations + 1):
-        row: dict = {"iteration": it}
-        if pair_losses:
-            z_a, z_b = head.embed(sample(typical_idx, batch)), head.embed(sample(typical_idx, batch))
-            row["closeness"] = step(closeness_loss(pair_logits(dist, z_a, z_b)))
-        half = batch // 2
-        e = torch.cat([sample(typical_idx, batch - half), sample(atypical_idx, half)])
-        y = torch.cat([torch.zeros(batch - half), torch.ones(half)]).to(device)
-        row["intra_class"] = step(intra_class_loss(head(e), y))
-        if pair_losses:
-            z_a, z_b = head.embed(sample(atypical_idx, batch)), head.embed(sample(atypical_idx, batch))
-            row["dispersion"] = step(dispersion_loss(pair_logits(dist, z_a, z_b)))
-        if average is not None:
-            average.update_parameters(head)
-        if it % log_every == 0 or it in (1, iterations):
-            log.append(row)
-            if on_log:
-                on_log(row)
-    if average is not None:
-        head.load_state_dict(average.module.state_dict())
-    return log
-
-
 class FloatBatches:
     """uint8 RGB pixels (N, H, W, 3) read as float (N, C, H, W) tensors one slice at a time: training keeps the
     decoded images in uint8 (a quarter of float32's memory: 5,000 images of 300 px are 1.4 GB, not 5.4 GB).
@@ -489,8 +317,10 @@ class FloatBatches:
         return torch.from_numpy(to_channels(self.pixels(index), self.channels)).to(self.device)
 
 
-def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None) -> tuple[LocalScorer, dict]:
-    """Fit everything of a LocalScorer except the fusion: bank, patch ICS head, training embeddings.
+def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | None = None,
+              on_log: Callable[[dict], None] | None = None) -> tuple[LocalScorer, dict]:
+    """Fit everything of a LocalScorer except the fusion: bank, patch ICS head, training embeddings
+    (on_features(n) after each batch of images through the backbone, on_log(row) during the heads' training).
 
     Returns the scorer and what the bundle should record (split of patches, train log, timings).
     """
@@ -511,7 +341,7 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     per_image = max(16, math.ceil(cfg.patch_candidates / len(images)))
     with onnx_runtime(scorer.features, images[:1]):  # the backbone passes in onnxruntime on the CPU (~3x eager)
         pooled, patches, owners = embed_images(scorer.features, images, per_image, gen,
-                                               tick=(lambda n: tick("features", n)) if tick else None)
+                                               tick=on_features)
         timings = {"features_s": time.perf_counter() - t}
         defective = [synthetic_defect_patches(scorer.features, images, seed) for seed in member_seeds] \
             if "pics" in parts and cfg.patch_split == "synthetic" else None
@@ -532,17 +362,17 @@ def fit_local(images: FloatBatches, cfg, tick: Callable[..., None] | None = None
     t = time.perf_counter()
     info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(members)}
     log = train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, "pics" in parts,
-                            info, tick)
+                            info, on_log)
     scorer.eval()
     timings["train_s"] = time.perf_counter() - t
     info.update({"train_log": log, "timings": timings})
     return scorer, info
 
 
-def train_patch_heads(members: list[PatchICSHead], member_seeds: list[int], patches: torch.Tensor,
+def train_patch_heads(members: list[ICSHead], member_seeds: list[int], patches: torch.Tensor,
                       owners: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator, defective: list | None, cfg,
-                      train: bool, info: dict, tick: Callable[..., None] | None = None) -> list[dict]:
-    """Train each ICS head on patches (train_patch_ics) on its own split: a random SPLIT_PATCHES of the candidate
+                      train: bool, info: dict, on_log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train each ICS head on patches (train_ics_head) on its own split: a random SPLIT_PATCHES of the candidate
     patches (the first head's drawn from `gen`, the others' from their seeds) against that head's synthetic-defect
     patches (`defective[k]`), or, with patch_split "knn", the ρ least typical of them. Records the first head's
     split sizes in `info`; returns the training log of all heads, iterations numbered on across them."""
@@ -566,13 +396,14 @@ def train_patch_heads(members: list[PatchICSHead], member_seeds: list[int], patc
         info.setdefault("n_patches", int(len(head_patches)))
         info.setdefault("n_atypical_patches", int(atypical.sum()))
 
-        def on_log(row: dict, k: int = k) -> None:
+        def numbered(row: dict, k: int = k) -> None:
             row.update(head=k, iteration=row["iteration"] + k * cfg.patch_iterations)
-            if tick:
-                tick("train", row["iteration"], row)
+            if on_log:
+                on_log(row)
 
-        log += train_patch_ics(member, head_patches.to(device), atypical.to(device), cfg.patch_iterations,
-                               cfg.patch_batch, cfg.patch_lr, seed, ema=cfg.patch_ema, on_log=on_log)
+        log += train_ics_head(member, head_patches.to(device), atypical.to(device), cfg.patch_iterations,
+                              cfg.patch_batch, cfg.patch_lr, seed, ema=cfg.patch_ema, on_log=numbered,
+                              beta1=cfg.beta1, grad_clip=cfg.grad_clip)
     return log
 
 
@@ -582,8 +413,7 @@ def split_by_bank_distance(patches: torch.Tensor, owners: torch.Tensor, bank: to
     patches of the *other* images) are atypical. Measured: they are mostly borders and rare structures, and a
     head trained on them learns "border-ness" (casting 0.73, deeppcb 0.59 alone; industrial.md)."""
     distance = leave_own_image_out_distance(patches, owners, bank, bank_owners)
-    atypical = torch.zeros(len(patches), dtype=torch.bool)
-    atypical[torch.argsort(distance, descending=True)[:max(2, int(round(rho * len(patches))))]] = True
+    atypical = mark_atypical(distance, rho)
     return patches, atypical, float(distance[atypical].min())
 
 
@@ -661,53 +491,3 @@ def synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int,
     if return_masks:
         return out, (out != images).any(-1)
     return out
-
-
-def label_free_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],
-                       power: float = 2) -> dict[str, tuple[float, float]]:
-    """Each component's (weight, AUC) from how well it tells held-out normals from their synthetic-defect copies.
-
-    weight ∝ (2·AUC − 1)^power (0 at chance; a component that cannot see the defects a user cares about gets no
-    say), normalised to sum to 1; if no component beats chance, equal weights.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for part in normal:
-        y = np.r_[np.zeros(len(normal[part])), np.ones(len(synthetic[part]))]
-        auc = float(roc_auc_score(y, np.r_[normal[part], synthetic[part]]))
-        out[part] = (max(0.0, 2 * auc - 1) ** power, auc)
-    total = sum(w for w, _ in out.values())
-    if total <= 0:
-        return {p: (1 / len(out), auc) for p, (_, auc) in out.items()}
-    return {p: (w / total, auc) for p, (w, auc) in out.items()}
-
-
-GATE_P_VALUE = 0.01  # a gated component is kept when it beats chance on normals vs synthetic defects at this level
-GATED_COMPONENTS = ("gknn",)  # the image-level ones; a local map component sees local changes by construction
-
-
-def gated_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
-                  gated: tuple[str, ...] = GATED_COMPONENTS) -> dict[str, tuple[float, float, float]]:
-    """Each component's (weight, AUC, p-value) from held-out normals vs their synthetic-defect copies: the fixed
-    weights, with a component of `gated` that cannot tell the two apart better than chance (one-sided
-    Mann-Whitney U, p ≥ GATE_P_VALUE) set to 0; renormalised. If nothing would be left, the fixed weights.
-
-    Why a gate and not weights ∝ that AUC (label_free_weights): pics is trained on the same kind of defects and
-    scores ~0.92-1.0 there, so proportional weights handed it 0.88 of the say (deeppcb 0.787 vs 0.836 equal).
-    The gate asks one question the generator can answer: does the image's mean embedding see small local
-    changes *at all*? On many parts it does not (deeppcb: AUC 0.50), and a component at chance in an
-    equal-weight average costs the fusion 0.01-0.05 AUC. Only image-level components are gated: with few
-    held-out normals (10 → AUC ≥ 0.78 needed) the test would also drop the local ones, which the map needs."""
-    from scipy.stats import mannwhitneyu
-
-    out = {}
-    for part, weight in fixed.items():
-        test = mannwhitneyu(synthetic[part], normal[part], alternative="greater")
-        auc = float(test.statistic) / (len(normal[part]) * len(synthetic[part]))
-        keep = part not in gated or test.pvalue < GATE_P_VALUE
-        out[part] = (weight if keep else 0.0, auc, float(test.pvalue))
-    total = sum(w for w, _, _ in out.values())
-    if total <= 0:
-        return {p: (fixed[p], auc, pv) for p, (_, auc, pv) in out.items()}
-    return {p: (w / total, auc, pv) for p, (w, auc, pv) in out.items()}

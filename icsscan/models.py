@@ -158,6 +158,28 @@ def signed_log1p(z: torch.Tensor) -> torch.Tensor:
     return torch.sign(z) * torch.log1p(torch.abs(z))
 
 
+class FusionBuffers(nn.Module):
+    """The fitted fusion's numbers as buffers (saved with the weights; constants of the exported graph) and the one
+    standardised, weighted sum over them, shared by the global scorer (scorer.AnomalyScorer) and the local one
+    (local.LocalScorer): per component a centre, a spread and a weight; one offset. Fitted in fusion.py."""
+
+    def register_fusion(self, parts: tuple[str, ...], fusion: dict[str, float], default_weight: float) -> None:
+        for part in parts:
+            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
+            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
+            self.register_buffer(f"{part}_weight", torch.tensor(float(fusion.get(f"{part}_weight", default_weight))))
+        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+
+    def standardised(self, part: str, value: torch.Tensor, compress: bool = True) -> torch.Tensor:
+        """(value − centre) / spread, through the signed log when `compress`."""
+        z = (value - getattr(self, f"{part}_center")) / getattr(self, f"{part}_scale")
+        return signed_log1p(z) if compress else z
+
+    def weighted_sum(self, values: dict[str, torch.Tensor], parts, compress: bool = True):
+        """Σ weight · standardised value over `parts` (0 for none)."""
+        return sum(getattr(self, f"{p}_weight") * self.standardised(p, values[p], compress) for p in parts)
+
+
 def rotations4(x: torch.Tensor) -> torch.Tensor:
     """The batch shown at 0°, 90°, 180°, 270° (stacked in that order along the batch axis)."""
     return torch.cat([x, x.flip(3).transpose(2, 3), x.flip(2).flip(3), x.transpose(2, 3).flip(3)])  # = torch.rot90
@@ -172,6 +194,30 @@ class DistanceHead(nn.Module):
 
     def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
         return self.dense(z_i - z_j)[..., 0]
+
+
+class SymmetricDistanceHead(nn.Module):
+    """dist(z_i, z_j) = sigmoid(w·|z_i − z_j| + b). The paper's head on (z_i − z_j) is antisymmetric: a pair and
+    its swap get logits of opposite sign, so closeness and dispersion both sit at ln 2 and cannot act. On |·|
+    both losses can be met (near pairs → small, far pairs → large)."""
+
+    def __init__(self, latent: int):
+        super().__init__()
+        self.dense = nn.Linear(latent, 1)
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        return self.dense((z_i - z_j).abs())[..., 0]
+
+    def pairwise(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """forward for every pair (a_i, b_j): (A, D), (B, D) → (A, B), without the (A, B, D) tensor of |z_i − z_j|.
+
+        Σ_k w_k |a_ik − b_jk| = L1(a·w⁺, b·w⁺) − L1(a·w⁻, b·w⁻) with w⁺ = max(w, 0), w⁻ = max(−w, 0): two
+        torch.cdist(p=1) calls. Same values and gradients as forward (to float rounding; tests/test_local.py),
+        ~4x faster on the CPU (256 × 256 pairs of 64-d: 12 vs 47 ms forward + backward, 1 thread), which was
+        most of the ICS head's training time."""
+        w = self.dense.weight[0]
+        pos, neg = w.clamp_min(0.0), (-w).clamp_min(0.0)
+        return torch.cdist(z_a * pos, z_b * pos, p=1) - torch.cdist(z_a * neg, z_b * neg, p=1) + self.dense.bias
 
 
 class ConvAutoencoder(nn.Module):

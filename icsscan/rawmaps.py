@@ -42,7 +42,7 @@ class RawMapWriter:
         self._csv.writerow(INDEX_COLUMNS)
 
     def __call__(self, row, rgb: np.ndarray, anomaly_map: np.ndarray) -> None:
-        from .report import neutralise
+        from .files import neutralise
 
         self.count += 1
         name = f"{self.count:06d}.npy"

@@ -1,7 +1,7 @@
 """`icsscan scan --engine ray`: the same scan as `scan.scan_folder`, spread over a Ray cluster.
 
 The driver lists the files (`scan.list_scan_files`), builds a Ray Dataset of paths, decodes them in
-parallel Ray tasks (`scan._decode_one`) and scores the decoded batches in a fixed-size pool of actors,
+parallel Ray tasks (`data.decode_list`) and scores the decoded batches in a fixed-size pool of actors,
 each holding one onnxruntime session built from the model bytes, which are put in the object store once
 (`scan.model_from_bytes` + `scan.infer_batch`). Rows come back to the driver, are checked to be exactly
 one per file, and are returned in listing order as a `scan.ScanResult`, so `report.write_report` writes
@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from . import data
 from .errors import ModelError, UsageError
-from .scan import ScanModel, ScanResult, Row, _decode_one, infer_batch, list_scan_files, load_model, model_from_bytes
+from .scan import ScanModel, ScanResult, Row, infer_batch, list_scan_files, load_model, model_from_bytes
 from .thresholds import resolve_threshold, threshold_meaning
 
 INSTALL_HINT = "--engine ray needs Ray: install icsscan[ray] (pip install 'icsscan[ray]')"
@@ -57,12 +56,11 @@ def _decode(raw) -> str:
 def decode_block(batch: dict, size: "data.Size", threads: int) -> dict:
     """Ray task: decode one batch of paths to (size, size, 3) uint8; failures get zeros, ok=False, a reason."""
     paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
-    work = lambda p: _decode_one(p, size)  # noqa: E731
     if threads > 1 and len(paths) > 1:
-        with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
-            decoded = list(pool.map(work, paths))
+        with data.decode_pool(min(threads, len(paths))) as pool:
+            decoded = data.decode_list(paths, size, pool)
     else:
-        decoded = [work(p) for p in paths]
+        decoded = data.decode_list(paths, size)
     w, h = data.wh(size)
     pixels = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)

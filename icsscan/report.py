@@ -17,25 +17,14 @@ from . import __version__
 from .files import atomic_write, staged
 from .runinfo import machine, now_iso, versions, write_json_atomic
 from .rowstore import ReadOnlySequence, RowTable, rank_order
+from .files import neutralise, safe_text
 from .scan import Row, ScanResult
 from .thresholds import false_alarm_rate, percentile_of
 
 MARKER = ".icsscan-report"
 REPORT_FILES = ("scores.csv", "summary.json", "junit.xml", "report.html")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = ["rank", "path", "score", "normal_percentile", "is_anomaly", "error", "peak_x", "peak_y"]
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def safe_text(value: str) -> str:
-    """Printable UTF-8 for any file name (undecodable bytes become \\x escapes)."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def neutralise(value: str) -> str:
-    """Defuse spreadsheet formulas: a cell starting with = + - @ (or tab/CR) gets a leading apostrophe."""
-    value = safe_text(value)
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 class Ranked(ReadOnlySequence):

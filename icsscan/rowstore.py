@@ -4,12 +4,13 @@ about 30 bytes of typed arrays (an int64 offset, a float64 score, two int32 peak
 string only for the files that have one.
 
 Both stores behave as read-only sequences (`len`, indexing, slicing, iteration): `PathList` of `str`,
-`RowTable` of `scan.Row`, built on the fly. `rank_order` sorts a `RowTable` for the report without
+`RowTable` of `Row`, built on the fly. `rank_order` sorts a `RowTable` for the report without
 materialising it.
 """
 from __future__ import annotations
 
 from array import array
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -17,6 +18,15 @@ import numpy as np
 # Any str, including lone surrogates (file names that are not valid UTF-8 arrive as surrogateescape'd str),
 # survives the round trip, and the byte order of the encoding is the code-point order of the strings.
 _ERRORS = "surrogatepass"
+
+
+@dataclass(slots=True)  # one per file is kept until the ranked report: keep them small
+class Row:
+    path: str
+    score: float | None
+    error: str = ""
+    peak_x: int | None = None  # local models: where the anomaly map peaks, in the original image's pixels
+    peak_y: int | None = None
 
 
 class ReadOnlySequence:
@@ -81,7 +91,7 @@ class PathList(ReadOnlySequence):
 
 
 class RowTable(ReadOnlySequence):
-    """Scan rows (path, score, error, peak_x, peak_y) in typed arrays; a sequence of `scan.Row`."""
+    """Scan rows (path, score, error, peak_x, peak_y) in typed arrays; a sequence of `Row`."""
 
     __slots__ = ("_paths", "_scores", "_px", "_py", "_errors")
 
@@ -114,8 +124,6 @@ class RowTable(ReadOnlySequence):
         return len(self._scores)
 
     def row(self, i: int):
-        from .scan import Row
-
         s, x, y = self._scores[i], self._px[i], self._py[i]
         return Row(self._paths._item(i), None if s != s else s, self._errors.get(i, ""),
                    None if x < 0 else x, None if y < 0 else y)

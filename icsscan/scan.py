@@ -18,22 +18,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import data
+from .config import readable_score
 from .errors import ModelError, UsageError
 from .maps import peak
-from .rowstore import PathList, RowTable
+from .rowstore import PathList, Row, RowTable  # noqa: F401  (Row: one scanned file, re-exported)
 from .thresholds import DEFAULT_THRESHOLD, false_alarm_rate, percentile_of, resolve_threshold, threshold_meaning  # noqa: F401
 
 DEFAULT_MODEL = "icsscan-model"
 DEFAULT_REPORT = "icsscan-report"
-
-
-@dataclass(slots=True)  # one per file is kept until the ranked report: keep them small
-class Row:
-    path: str
-    score: float | None
-    error: str = ""
-    peak_x: int | None = None  # local models: where the anomaly map peaks, in the original image's pixels
-    peak_y: int | None = None
 
 
 @dataclass
@@ -154,7 +146,7 @@ def model_from_bytes(blob: bytes, path: Path, device: str = "auto", threads: int
     if len(shape) != 4 or list(shape[1:]) != [channels, height or size, size]:
         raise ModelError(f"{path}: input shape {shape} disagrees with metadata ({channels}x{height or size}x{size})")
     has_map = len(session.get_outputs()) >= 2 and session.get_outputs()[1].name == "map"
-    return ScanModel(path, session, size, channels, threshold, calibration, meta.get("score", "?"),
+    return ScanModel(path, session, size, channels, threshold, calibration, readable_score(meta.get("score", "?")),
                      hashlib.sha256(blob).hexdigest(), meta, height, has_map,
                      map_range=parse_map_range(meta.get("map_range")))
 
@@ -173,20 +165,6 @@ def parse_map_range(text: str | None) -> tuple[float, float] | None:
 
 
 # --------------------------------------------------------------------------------------------- core
-
-def decode_batch(paths: Sequence[str], model: ScanModel, pool: ThreadPoolExecutor | None) -> list:
-    work = lambda p: _decode_one(p, model.decode_size)  # noqa: E731
-    return list(pool.map(work, paths)) if pool else [work(p) for p in paths]
-
-
-def _decode_one(path: str, size: data.Size):
-    """(pixels, "", original (width, height)) or (None, reason, None)."""
-    try:
-        arr, original = data.decode_image_sized(path, size)
-        return arr, "", original
-    except data.DecodeError as exc:
-        return None, str(exc), None
-
 
 MapHook = Callable[[Row, np.ndarray, np.ndarray], None]  # (row, decoded RGB pixels, anomaly map)
 
@@ -222,9 +200,9 @@ def infer_batch(model: ScanModel, paths: Sequence[str], decoded: list, on_map: M
 
 
 def score_paths(model: ScanModel, paths: Sequence[str], workers: int = 4) -> list[Row]:
-    """One batch of files in, one row per file out (the Ray engine shares `_decode_one` and `infer_batch`)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return infer_batch(model, paths, decode_batch(paths, model, pool))
+    """One batch of files in, one row per file out (the Ray engine shares `infer_batch`)."""
+    with data.decode_pool(workers) as pool:
+        return infer_batch(model, paths, data.decode_list(paths, model.decode_size, pool))
 
 
 # A local model's batch holds (batch × locations × bank) distances at once: 8 images of 640 px against a
@@ -244,8 +222,8 @@ def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, wo
     if not starts:
         return
     chunk_at = lambda i: [str(p) for p in paths[i:i + batch_size]]  # noqa: E731
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        submit = lambda chunk: [pool.submit(_decode_one, p, model.decode_size) for p in chunk]  # noqa: E731
+    with data.decode_pool(workers) as pool:
+        submit = lambda chunk: [pool.submit(data.decode_or_reason, p, model.decode_size) for p in chunk]  # noqa: E731
         chunk = chunk_at(0)
         pending = submit(chunk)
         for k in range(len(starts)):

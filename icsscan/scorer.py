@@ -6,18 +6,22 @@ scorer (local.LocalScorer).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
 
 from .config import EMBED_COMPONENTS, GLOBAL_COMPONENTS, score_parts
-from .models import ConvAutoencoder, ICSClassifier, rotations4, signed_log1p
+from .models import ConvAutoencoder, FusionBuffers, ICSClassifier, rotations4
 from .split import gaussian_window, ssim_per_image
+
+if TYPE_CHECKING:
+    from .embed import EmbeddingScorer
 
 CLASSIFIER_COMPONENTS = ("ics", "rot", "maha")  # read off the from-scratch classifier (one shared pass)
 SCORE_BATCH = 64  # images per forward pass when a global model scores (the pretrained embedding runs at 160 px)
 
 
-class AnomalyScorer(nn.Module):
+class AnomalyScorer(FusionBuffers):
     """What `scan` computes (and what is exported to ONNX): pixels in [0, 1] → anomaly score in [0, 1].
 
     Components (config.COMPONENTS): "ics" the classifier's logit, "ssim" the split autoencoder's 1 − SSIM(x, x̂),
@@ -37,13 +41,8 @@ class AnomalyScorer(nn.Module):
         self.embedder = embedder  # the pretrained whole-object components (eknn, eics), when the score has any
         self.parts = score_parts(kind)
         fusion = fusion or {}
-        for part in GLOBAL_COMPONENTS:
-            self.register_buffer(f"{part}_center", torch.tensor(float(fusion.get(f"{part}_center", 0.0))))
-            self.register_buffer(f"{part}_scale", torch.tensor(float(fusion.get(f"{part}_scale", 1.0))))
-            # not fitted yet: the equal-weight average (older bundles' weights are filled by bundle.migrate)
-            weight = fusion.get(f"{part}_weight", 1.0 / len(self.parts))
-            self.register_buffer(f"{part}_weight", torch.tensor(float(weight)))
-        self.register_buffer("offset", torch.tensor(float(fusion.get("offset", 0.0))))
+        # not fitted yet: the equal-weight average (older bundles' weights are filled by bundle.migrate)
+        self.register_fusion(GLOBAL_COMPONENTS, fusion, default_weight=1.0 / len(self.parts))
         self.compress = bool(fusion.get("compress", 1.0))  # the signed log unless the fusion says otherwise
         channels, size = classifier.normalize.mean.shape[1], autoencoder.sizes[0]
         self.register_buffer("ssim_win", gaussian_window(channels, size), persistent=False)
@@ -67,10 +66,7 @@ class AnomalyScorer(nn.Module):
         Compressing before averaging keeps one component with a heavy tail on normal images (the rotation
         surprise of an odd-looking but normal digit) from outvoting three that agree.
         """
-        squash = signed_log1p if self.compress else (lambda t: t)
-        z = [getattr(self, f"{p}_weight") * squash((values[p] - getattr(self, f"{p}_center")) / getattr(self, f"{p}_scale"))
-             for p in self.parts]
-        return sum(z)
+        return self.weighted_sum(values, self.parts, self.compress)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.parts == ("ics",):
@@ -78,7 +74,6 @@ class AnomalyScorer(nn.Module):
         if self.parts == ("ssim",):
             return ((1.0 - ssim_per_image(x, self.autoencoder(x), self.ssim_win)) / 2).clamp(0, 1)
         return torch.sigmoid(self.fused_z(self.components(x)) - self.offset)
-
 
 
 @torch.no_grad()
@@ -91,7 +86,6 @@ def fit_latent_gaussian(classifier: ICSClassifier, images: torch.Tensor) -> None
     gaussian = LedoitWolf().fit(z)
     classifier.z_mean.copy_(torch.from_numpy(gaussian.location_).float())
     classifier.z_precision.copy_(torch.from_numpy(gaussian.precision_).float())
-
 
 
 @torch.no_grad()

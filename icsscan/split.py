@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,6 +13,7 @@ from torch.nn import functional as F
 
 from .config import ICSConfig
 from .files import atomic_write
+from .knn import mark_atypical, n_atypical  # noqa: F401  (n_atypical: the count rule, re-exported)
 from .models import ConvAutoencoder
 
 
@@ -86,25 +86,22 @@ def ssim_scores(ae: ConvAutoencoder, images: torch.Tensor, batch_size: int = 256
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def n_atypical(n: int, rho: float) -> int:
-    return int(math.floor(rho * n + 1e-9))
-
-
 def split_by_ssim(ssim_values: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rank by SSIM ascending (ties broken by index) and mark the ⌊ρN⌋ lowest atypical.
+    """Rank by SSIM ascending (ties broken by index) and mark the n_atypical(N, ρ) = ⌊ρN⌋ lowest atypical
+    (knn.mark_atypical, the rule the embedding and patch heads' splits use too).
 
     Returns (rank, atypical): rank[i] = 1 for the least similar image; atypical is a bool mask.
     """
-    if not 0 < rho < 0.5:
-        raise ValueError(f"rho must satisfy 0 < rho < 0.5, got {rho}")
+    atypical = mark_atypical(-np.asarray(ssim_values, dtype=np.float64), rho).numpy()
+    return rank_by_ssim(ssim_values), atypical
+
+
+def rank_by_ssim(ssim_values: np.ndarray) -> np.ndarray:
+    """rank[i] (1 = the least similar image), SSIM ascending, ties broken by index."""
     n = len(ssim_values)
-    k = n_atypical(n, rho)
-    if k < 2 or n - k < 2:
-        raise ValueError(f"rho={rho} with {n} images gives {k} atypical and {n - k} typical; each needs ≥ 2")
-    order = np.lexsort((np.arange(n), ssim_values))  # stable: SSIM first, then index
     rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(1, n + 1)
-    return rank, rank <= k
+    rank[np.lexsort((np.arange(n), ssim_values))] = np.arange(1, n + 1)
+    return rank
 
 
 def write_split_csv(path: Path, paths: Sequence[str], ssim_values: np.ndarray, rank: np.ndarray,

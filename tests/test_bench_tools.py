@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import struct
 import sys
 from pathlib import Path
@@ -129,3 +128,14 @@ def test_interleaved_rho_sweep_covers_every_dataset_class_by_class():
         ("mnist", 0, 0.05), ("mnist", 0, 0.2), ("fashion_mnist", 0, 0.05), ("fashion_mnist", 0, 0.2),
         ("cifar10", 0, 0.05), ("cifar10", 0, 0.2), ("mnist", 1, 0.05), ("mnist", 1, 0.2)]
     assert len({c["key"] for c in cells}) == 12
+
+
+def test_every_result_file_is_indexed_and_every_script_listed():
+    """benchmarks/results/README.md names every result file; the project README names every benchmark script."""
+    root = Path(__file__).resolve().parents[1]
+    index = (root / "benchmarks" / "results" / "README.md").read_text()
+    results = [p.name for p in (root / "benchmarks" / "results").iterdir() if p.is_file() and p.name != "README.md"]
+    assert results and [n for n in results if f"`{n}`" not in index] == []
+    readme = (root / "README.md").read_text()
+    scripts = [p.name for p in (root / "benchmarks").iterdir() if p.suffix in (".py", ".sh")]
+    assert scripts and [n for n in scripts if f"`{n}`" not in readme] == []

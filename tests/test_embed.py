@@ -54,18 +54,6 @@ def test_embedding_is_a_unit_vector_and_grey_equals_three_equal_channels():
     torch.testing.assert_close(a.norm(dim=1), torch.ones(3))
 
 
-def test_knn_distance_matches_brute_force_and_leaves_self_out():
-    from icsscan.embed import knn_distance
-
-    gen = torch.Generator().manual_seed(0)
-    bank = torch.randn(50, 8, generator=gen, dtype=torch.float64)
-    q = torch.randn(7, 8, generator=gen, dtype=torch.float64)
-    d2 = torch.cdist(q, bank) ** 2
-    torch.testing.assert_close(knn_distance(q, bank, 3), d2.sort(1).values[:, :3].mean(1))
-    self_d2 = (torch.cdist(bank, bank) ** 2).sort(1).values
-    torch.testing.assert_close(knn_distance(bank, bank, 2, skip_self=True), self_d2[:, 1:3].mean(1))
-
-
 def test_synthetic_anomalies_are_deterministic_and_change_every_image():
     from icsscan.embed import synthetic_anomalies
 
@@ -126,15 +114,15 @@ def test_cli_scan_of_an_embed_model(embed_model, tmp_path):
 
 def test_ics_head_ablation_switches_train():
     """The benchmark's ablations (BCE alone; the paper's antisymmetric head) run and leave pair losses out."""
-    from icsscan.local import PatchICSHead, train_patch_ics
+    from icsscan.train import ICSHead, train_ics_head
 
     gen = torch.Generator().manual_seed(0)
     e = torch.randn(200, 16, generator=gen)
     atypical = torch.zeros(200, dtype=torch.bool)
     atypical[:20] = True
-    log = train_patch_ics(PatchICSHead(16), e, atypical, 5, 32, 1e-3, 0, log_every=1, pair_losses=False)
+    log = train_ics_head(ICSHead(16), e, atypical, 5, 32, 1e-3, 0, log_every=1, pair_losses=False)
     assert "closeness" not in log[0] and "intra_class" in log[0]
-    log = train_patch_ics(PatchICSHead(16), e, atypical, 5, 32, 1e-3, 0, log_every=1, symmetric=False)
+    log = train_ics_head(ICSHead(16), e, atypical, 5, 32, 1e-3, 0, log_every=1, symmetric=False)
     assert {"closeness", "intra_class", "dispersion"} <= set(log[0])
 
 
@@ -151,7 +139,7 @@ def test_default_whole_object_model_trains_only_what_it_reads(tmp_path):
     from icsscan.config import preset_config
 
     det = ICSDetector(config=preset_config("default", seed=0, ae_epochs=2, **FAST)).fit(pick)
-    assert det.config_.score == WHOLE_DEFAULT_SCORE == "eknn+eics+ssim"
+    assert det.config_.score == WHOLE_DEFAULT_SCORE == "embedding_knn+embedding_ics+ssim"
     assert det.config_.global_weights == "synthetic" and det.split_ is not None
     assert "train_s" not in det.timings_ and "split_s" in det.timings_ and "embed_s" in det.timings_
     fusion = det.fusion_dict()

@@ -86,7 +86,7 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     cfg = meta["config"]
     # 256 x 192 images: local scores at their own size, aspect ratio kept (multiples of 16)
     assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
-    assert cfg["score"] == "knn+pics+gknn" and "local scores" in meta["backbone_choice"]
+    assert cfg["score"] == "patch_knn+patch_ics+global_knn" and "local scores" in meta["backbone_choice"]
     # issue 31: brightness normalised to the training images' typical level, 16 px reflect-padding at the border
     assert cfg["normalise_brightness"] is True and cfg["patch_pad"] == 16
     assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
@@ -254,11 +254,11 @@ def test_auto_backbone_and_score_follow_the_images():
         old = resolve_backbone(ICSConfig(backbone="small"), shape)
         assert old.score == GLOBAL_DEFAULT_SCORE and old.global_weights == "fixed" and not old.is_local
     big = resolve_backbone(ICSConfig(), (300, 300))
-    assert big.backbone == "efficientnet-lite0" and big.is_local and big.score == "knn+pics+gknn"
-    # an explicit choice wins over auto, and a score is kept as given
+    assert big.backbone == "efficientnet-lite0" and big.is_local and big.score == "patch_knn+patch_ics+global_knn"
+    # an explicit choice wins over auto, and a score is kept as given (spelt in readable names)
     assert resolve_backbone(ICSConfig(backbone="small"), (640, 640)).backbone == "small"
-    assert resolve_backbone(ICSConfig(score="knn*2+gknn"), (640, 640)).score == "knn*2+gknn"
-    assert resolve_backbone(ICSConfig(score="ics+maha"), (28, 28)).score == "ics+maha"
+    assert resolve_backbone(ICSConfig(score="knn*2+gknn"), (640, 640)).score == "patch_knn*2+global_knn"
+    assert resolve_backbone(ICSConfig(score="ics+maha"), (28, 28)).score == "ics+mahalanobis"
 
 
 def test_input_size_keeps_aspect_ratio_within_bounds():
@@ -271,7 +271,7 @@ def test_input_size_keeps_aspect_ratio_within_bounds():
 
 
 def test_gate_drops_a_component_blind_to_synthetic_defects():
-    from icsscan.local import gated_weights
+    from icsscan.fusion import gated_weights
 
     rng = np.random.default_rng(0)
     normal = {"knn": rng.normal(0, 1, 60), "pics": rng.normal(0, 1, 60), "gknn": rng.normal(0, 1, 60)}
@@ -329,7 +329,7 @@ def test_synthetic_defect_masks_mark_one_small_defect_per_image():
 def test_pairwise_distance_head_equals_its_per_pair_form():
     """SymmetricDistanceHead.pairwise (two L1 cdists) gives the same logits and gradients as forward on every
     pair (the (A, B, D) tensor of |z_i − z_j|), including weights of both signs."""
-    from icsscan.local import SymmetricDistanceHead
+    from icsscan.models import SymmetricDistanceHead
 
     torch.manual_seed(0)
     head = SymmetricDistanceHead(16)
@@ -351,7 +351,7 @@ def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
     bundle reloads with both (count_heads), scores as before saving, and exports to ONNX within parity."""
     from icsscan import ICSDetector
     from icsscan.config import preset_config
-    from icsscan.export import export_onnx
+    from icsscan.bundle import export_model
     from icsscan.local import PatchICSEnsemble
 
     det = ICSDetector(config=preset_config("default", seed=0, patch_heads=2, **SMALL))
@@ -365,20 +365,20 @@ def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
     assert isinstance(again.scorer_.head, PatchICSEnsemble) and len(again.scorer_.head.members) == 2
     files = sorted((parts["root"] / "test").iterdir())[:6]
     np.testing.assert_allclose(again.score_samples(files), det.score_samples(files), atol=1e-6)
-    assert export_onnx(again, tmp_path / "again.onnx", quiet=True) <= 1e-4
+    assert export_model(again, tmp_path / "again.onnx", quiet=True) <= 1e-4
 
 
 def test_patch_head_keeps_the_moving_average_of_its_weights():
-    """train_patch_ics(ema=d) leaves the head with the exponential moving average of the weights after each step
+    """train_ics_head(ema=d) leaves the head with the exponential moving average of the weights after each step
     (the first step's weights, then avg ← d·avg + (1 − d)·w), not the last step's."""
-    from icsscan.local import PatchICSHead, train_patch_ics
+    from icsscan.train import ICSHead, train_ics_head
 
     torch.manual_seed(0)
     patches = torch.randn(400, 12)
     atypical = torch.arange(400) >= 300
-    head = PatchICSHead(12, hidden=8, latent=4)
+    head = ICSHead(12, hidden=8, latent=4)
     seen = []
-    train_patch_ics(head, patches, atypical, iterations=5, batch=16, lr=1e-2, seed=0, log_every=1, ema=0.6,
+    train_ics_head(head, patches, atypical, iterations=5, batch=16, lr=1e-2, seed=0, log_every=1, ema=0.6,
                     on_log=lambda row: seen.append([p.detach().clone() for p in head.parameters()]))
     expected = seen[0]
     for weights in seen[1:]:
@@ -391,7 +391,8 @@ def test_patch_head_keeps_the_moving_average_of_its_weights():
 def test_fitting_runs_the_backbone_in_onnxruntime_with_pytorch_features():
     """Inside onnx_runtime() the frozen backbone runs in onnxruntime for inputs of the traced shape and gives
     PyTorch's features (to 1e-4); other shapes, and everything after the block, run in PyTorch."""
-    from icsscan.backbones import PatchFeatures, onnx_runtime
+    from icsscan.backbones import PatchFeatures
+    from icsscan.tracing import onnx_runtime
 
     features = PatchFeatures().eval()
     x = torch.rand(3, 1, 72, 88)
@@ -411,7 +412,7 @@ def test_graph_check_accepts_rounding_and_rejects_a_wrong_graph():
     """The check that decides whether fitting may run the backbone in onnxruntime: float32 rounding of the size
     of the largest activations' last bits passes (on a small element too), a graph off by 1 % of the scale, or
     with another shape, does not."""
-    from icsscan.backbones import same_values
+    from icsscan.tracing import same_values
 
     rng = np.random.default_rng(0)
     want = rng.normal(0, 5, (1, 152, 80, 80)).astype(np.float32)
@@ -431,7 +432,8 @@ def test_export_traces_constant_pads_that_onnxruntime_folds():
     into its Conv), the graph equals PyTorch, and after the block the network pads for any size again."""
     import onnxruntime as ort
 
-    from icsscan.backbones import PatchFeatures, _Embed, trace_onnx
+    from icsscan.backbones import PatchFeatures
+    from icsscan.tracing import _Embed, trace_onnx
 
     module = _Embed(PatchFeatures(pretrained=False)).eval()
     x = torch.rand(2, 1, 72, 88)
@@ -457,6 +459,7 @@ def test_ics_on_patches_alone_finds_the_defects(parts, split):
     from icsscan import ICSDetector
     from icsscan.config import preset_config
     from icsscan.data import find_images
+    from icsscan.knn import n_atypical
 
     det = ICSDetector(config=preset_config("default", seed=0, score="pics", patch_split=split, **SMALL))
     det.fit(parts["root"] / "good")
@@ -468,7 +471,7 @@ def test_ics_on_patches_alone_finds_the_defects(parts, split):
     if split == "synthetic":
         assert auc >= 0.9, auc
     else:  # the ρ = 10 % least typical of the normal patches
-        assert info["n_atypical_patches"] == round(0.1 * info["n_patches"]) and info["atypical_distance_cut"] > 0
+        assert info["n_atypical_patches"] == n_atypical(info["n_patches"], 0.1) and info["atypical_distance_cut"] > 0
 
 
 @pytest.mark.slow
@@ -512,10 +515,14 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     """`icsscan train --bank-size N`: the local model's bank holds N patches (the scan's kNN cost), recorded."""
     out = tmp_path / "model"
     r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "keep",
-                "--device", "cpu", timeout=600, env={"OMP_NUM_THREADS": "1"})
+                "--score", "patch_knn", "--device", "cpu", timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"]["bank_size"] == 100 and meta["local"]["bank_rows"] == 100
+    # --score takes readable names (and short ones); config.json says which network each component runs on
+    assert meta["config"]["score"] == "patch_knn" and list(meta["components"]) == ["patch_knn"]
+    assert meta["components"]["patch_knn"]["short_name"] == "knn" and meta["components"]["patch_knn"]["weight"] == 1.0
+    assert "efficientnet-lite0" in meta["components"]["patch_knn"]["runs_on"]
     # --brightness keep: no normalisation in the model (the default normalises: test_auto_backbone_and_input_size_follow_the_images)
     assert meta["config"]["normalise_brightness"] is False
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad", "--bank-size", -1)

@@ -3,7 +3,6 @@ and a deterministic exit 130 on interrupts."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import subprocess

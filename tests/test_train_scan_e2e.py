@@ -28,7 +28,8 @@ def read_rows(report: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def mnist_model(mnist_zero_folders, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
-    r = run_cli("train", mnist_zero_folders["train"], "--out", out, "--backbone", "small", "--iterations", 300, "--seed", 0)
+    # 100 iterations: MNIST-0 AUC 0.973 in 62 s (300: 0.970 in 150 s; 1 thread, library, same split)
+    r = run_cli("train", mnist_zero_folders["train"], "--out", out, "--backbone", "small", "--iterations", 100, "--seed", 0)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -40,13 +41,13 @@ def test_bundle_contents(mnist_model):
             "model.onnx", "loss_curve.png"} <= names
     meta = json.loads((mnist_model / "config.json").read_text())
     cfg = meta["config"]
-    assert cfg["seed"] == 0 and cfg["iterations"] == 300 and cfg["image_size"] == 28 and cfg["channels"] == 1
+    assert cfg["seed"] == 0 and cfg["iterations"] == 100 and cfg["image_size"] == 28 and cfg["channels"] == 1
     assert cfg["rho"] == 0.1 and cfg["preset"] == "default" and cfg["backbone"] == "small"
     assert meta["versions"]["torch"] and meta["versions"]["python"] and meta["versions"]["icsscan"]
     assert meta["n_train_files"] == 900 and meta["n_calibration_files"] == 100
     assert len(meta["train_files_hash"]) == 64
     log = list(csv.DictReader(open(mnist_model / "train_log.csv")))
-    assert {"closeness", "intra_class", "dispersion"} <= set(log[0]) and int(log[-1]["iteration"]) == 300
+    assert {"closeness", "intra_class", "dispersion"} <= set(log[0]) and int(log[-1]["iteration"]) == 100
     split_rows = list(csv.DictReader(open(mnist_model / "split.csv")))
     assert len(split_rows) == 900 and sum(r["subset"] == "atypical" for r in split_rows) == 90
 
@@ -139,7 +140,7 @@ def test_split_cli_and_train_cli_on_600_pngs(mnist_zero_folders, tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 0
 
     model = tmp_path / "model"
-    r = run_cli("train", folder, "--out", model, "--backbone", "small", "--iterations", 200, "--seed", 0)
+    r = run_cli("train", folder, "--out", model, "--backbone", "small", "--iterations", 10, "--seed", 0)
     assert r.returncode == 0, r.stderr
     assert json.loads((model / "config.json").read_text())["config"]["seed"] == 0
 
