@@ -75,7 +75,7 @@ def suite(root: Path) -> list[str]:
 
 def test_items(base: Path) -> tuple[list[str], np.ndarray]:
     """Paths and labels (good 0, any defect class 1) of a set's test folder, through evaluate's own reader."""
-    from icsscan.evaluate import folder_items
+    from icsscan.labels import folder_items
 
     items = folder_items(base / "test")
     return [i.path for i in items], np.array([i.label for i in items])
@@ -128,7 +128,7 @@ def border_peak_report(raw_maps: Path, masks: dict[str, str] | None = None) -> d
 
 def mask_paths(base: Path) -> dict[str, str]:
     """Image path (resolved) -> mask path, for a set's test images that have a mask."""
-    from icsscan.evaluate import folder_items
+    from icsscan.labels import folder_items
 
     return {str(Path(i.path).resolve()): i.mask for i in folder_items(base / "test") if i.mask}
 

@@ -387,8 +387,9 @@ def by_products(det, part: dict[str, np.ndarray], config: dict, rotonly: bool = 
     rotonly (a network trained without the ICS losses): only rot and maha alone and the fusion without ics."""
     its = iterations_of("icsscan_small", config)
     fusion = det.fusion_dict()
-    z = {p: np.sign(t) * np.log1p(np.abs(t)) for p, t in  # as AnomalyScorer.fused_z: standardise, signed log
-         ((p, (v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"]) for p, v in part.items())}
+    from icsscan.fusion import standardised
+
+    z = {p: standardised(v, fusion[f"{p}_center"], fusion[f"{p}_scale"]) for p, v in part.items()}  # as the scorer
     names = {"ics": "icsscan_ics", "rot": "icsscan_rot", "maha": "icsscan_maha"}
     rows = []
     if rotonly:

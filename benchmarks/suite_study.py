@@ -174,7 +174,7 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     """AUC per image aggregation (AGGREGATES) of the variant's kNN maps, the global kNN (mean embedding) alone, and
     both fused as the product fuses components: each standardised on held-out normals (10 % of the training
     images, not in the bank), signed-log compressed, summed with equal weights ("fused_<agg>")."""
-    from icsscan.models import signed_log1p
+    from icsscan.fusion import robust_center_scale, standardised
 
     gen = torch.Generator().manual_seed(seed)
     everything = pooled(train_f, v["pool"], v["norm"])
@@ -194,8 +194,7 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     held_gknn = K.knn_distance(held.mean((1, 2))[None], g_train)[0].numpy()
 
     def z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        q25, q50, q75 = np.percentile(reference, [25, 50, 75])
-        return signed_log1p(torch.from_numpy((values - q50) / max((q75 - q25) / 1.349, 1e-6))).numpy()
+        return standardised(values, *robust_center_scale(reference))
 
     aucs = {}
     for a in AGGREGATES:

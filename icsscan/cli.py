@@ -407,7 +407,8 @@ def evaluate(
     """Measure a model on labelled images: image AUROC, AP, per-class AUROC, rates at the threshold, pixel AUROC
     and AUPRO where masks exist; plots and report.html; --min-* gates for CI."""
     with errors_as_exit_codes():
-        from .evaluate import MARKER, evaluate_items, find_items, gate_message, pixel_plan, write_evaluation
+        from .evaluate import MARKER, evaluate_items, gate_message, pixel_plan, write_evaluation
+        from .labels import find_items
         from .progress import scan_progress
         from .scan import load_model, resolve_threshold
 

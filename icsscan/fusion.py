@@ -82,13 +82,16 @@ def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
     return float(q50), float(max((q75 - q25) / 1.349, 1e-6))
 
 
+def standardised(values: np.ndarray, center: float, scale: float, compress: bool = True) -> np.ndarray:
+    """FusionBuffers.standardised in NumPy: (value − centre) / spread, through the signed log when `compress`."""
+    z = torch.from_numpy(np.asarray((values - center) / scale))
+    return (signed_log1p(z) if compress else z).numpy()
+
 
 def fused_sum(values: dict[str, np.ndarray], fusion: dict[str, float], compress: bool) -> np.ndarray:
-    """AnomalyScorer.fused_z in NumPy: Σ weight · [signed log of] (value − centre) / spread over `values`' parts."""
-    squash = signed_log1p if compress else (lambda t: t)
-    return sum(fusion[f"{p}_weight"] * squash(torch.from_numpy((v - fusion[f"{p}_center"]) / fusion[f"{p}_scale"])).numpy()
+    """FusionBuffers.weighted_sum in NumPy: Σ weight · standardised value over `values`' parts."""
+    return sum(fusion[f"{p}_weight"] * standardised(v, fusion[f"{p}_center"], fusion[f"{p}_scale"], compress)
                for p, v in values.items())
-
 
 
 def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, float], rho: float,

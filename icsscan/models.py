@@ -212,7 +212,7 @@ class SymmetricDistanceHead(nn.Module):
         """forward for every pair (a_i, b_j): (A, D), (B, D) → (A, B), without the (A, B, D) tensor of |z_i − z_j|.
 
         Σ_k w_k |a_ik − b_jk| = L1(a·w⁺, b·w⁺) − L1(a·w⁻, b·w⁻) with w⁺ = max(w, 0), w⁻ = max(−w, 0): two
-        torch.cdist(p=1) calls. Same values and gradients as forward (to float rounding; tests/test_local.py),
+        torch.cdist(p=1) calls. Same values and gradients as forward (to float rounding; tests/test_models.py),
         ~4x faster on the CPU (256 × 256 pairs of 64-d: 12 vs 47 ms forward + backward, 1 thread), which was
         most of the ICS head's training time."""
         w = self.dense.weight[0]

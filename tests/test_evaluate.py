@@ -229,7 +229,7 @@ def test_pixel_gate_without_masks_is_a_usage_error(tiny_onnx, tmp_path):
 
 
 def test_find_mask_prefers_exact_stems():
-    from icsscan.evaluate import find_mask
+    from icsscan.labels import find_mask
 
     index = {"0001_mask": "a", "000_mask": "b", "002": "c", "003_gt_v2": "d", "0030_mask": "e"}
     assert find_mask(index, "000") == "b"  # not 0001_mask
@@ -276,7 +276,7 @@ def test_scan_raw_maps_refused_for_global_models(tiny_onnx, tmp_path):
                     reason="chromium not installed (make browser, or apt-get install chromium)")
 def test_evaluation_report_renders_with_its_images(mvtec, tmp_path):
     """report.html in headless Chromium: the ROC, histogram and PRO plots and every overlay load."""
-    from test_html_report import chromium, parse
+    from test_html import chromium, parse
 
     out = tmp_path / "ev"
     proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", out)

@@ -326,25 +326,6 @@ def test_synthetic_defect_masks_mark_one_small_defect_per_image():
     np.testing.assert_array_equal(out, synthetic_defects(images, images, seed=3))  # same defects either way
 
 
-def test_pairwise_distance_head_equals_its_per_pair_form():
-    """SymmetricDistanceHead.pairwise (two L1 cdists) gives the same logits and gradients as forward on every
-    pair (the (A, B, D) tensor of |z_i − z_j|), including weights of both signs."""
-    from icsscan.models import SymmetricDistanceHead
-
-    torch.manual_seed(0)
-    head = SymmetricDistanceHead(16)
-    assert (head.dense.weight > 0).any() and (head.dense.weight < 0).any()
-    a, b = torch.randn(9, 16, requires_grad=True), torch.randn(7, 16, requires_grad=True)
-    g = torch.randn(9, 7)
-    params = [a, b, head.dense.weight, head.dense.bias]
-    want = head(a[:, None, :], b[None, :, :])
-    got = head.pairwise(a, b)
-    assert got.shape == (9, 7)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    for g_got, g_want in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
-        torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-5)
-
-
 @pytest.mark.slow
 def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
     """patch_heads 2: two ICS heads on their own synthetic-defect draws, whose mean logit the map reads; the
@@ -366,26 +347,6 @@ def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
     files = sorted((parts["root"] / "test").iterdir())[:6]
     np.testing.assert_allclose(again.score_samples(files), det.score_samples(files), atol=1e-6)
     assert export_model(again, tmp_path / "again.onnx", quiet=True) <= 1e-4
-
-
-def test_patch_head_keeps_the_moving_average_of_its_weights():
-    """train_ics_head(ema=d) leaves the head with the exponential moving average of the weights after each step
-    (the first step's weights, then avg ← d·avg + (1 − d)·w), not the last step's."""
-    from icsscan.train import ICSHead, train_ics_head
-
-    torch.manual_seed(0)
-    patches = torch.randn(400, 12)
-    atypical = torch.arange(400) >= 300
-    head = ICSHead(12, hidden=8, latent=4)
-    seen = []
-    train_ics_head(head, patches, atypical, iterations=5, batch=16, lr=1e-2, seed=0, log_every=1, ema=0.6,
-                    on_log=lambda row: seen.append([p.detach().clone() for p in head.parameters()]))
-    expected = seen[0]
-    for weights in seen[1:]:
-        expected = [0.6 * a + 0.4 * w for a, w in zip(expected, weights)]
-    for got, want in zip(head.parameters(), expected):
-        torch.testing.assert_close(got, want)
-    assert any(not torch.allclose(g, l) for g, l in zip(head.parameters(), seen[-1]))
 
 
 def test_fitting_runs_the_backbone_in_onnxruntime_with_pytorch_features():
@@ -478,7 +439,7 @@ def test_ics_on_patches_alone_finds_the_defects(parts, split):
 def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_path):
     """report.html of a local model: every image, heat-map overlays included, loads in a real browser, and the
     rendered page shows the hot colours of the defects' maps."""
-    from test_html_report import CHROMIUM, chromium
+    from test_html import CHROMIUM, chromium
 
     if CHROMIUM is None:
         pytest.skip("chromium not installed (make browser, or apt-get install chromium)")

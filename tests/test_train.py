@@ -1,4 +1,4 @@
-"""The three ICS losses against hand-computed values, the distance head, and the split's invariants."""
+"""icsscan/train.py: the three ICS losses against hand-computed values, pair logits, L2 on kernels, both loops."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from icsscan.models import DistanceHead, ICSClassifier, ConvAutoencoder, conv_weights
-from icsscan.split import n_atypical, split_by_ssim, ssim_window
+from icsscan.models import DistanceHead, ICSClassifier, conv_weights
 from icsscan.train import closeness_loss, dispersion_loss, intra_class_loss, pair_logits
 
 
@@ -40,64 +39,16 @@ def test_losses_stay_finite_for_extreme_logits():
         assert torch.isfinite(value)
 
 
-def test_distance_head_is_sigmoid_of_dense_of_difference():
-    head = DistanceHead(3)
-    with torch.no_grad():
-        head.dense.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
-        head.dense.bias.fill_(0.25)
-    z_i, z_j = torch.tensor([[1.0, 1.0, 2.0]]), torch.tensor([[0.0, 2.0, 0.0]])
-    expected = 1 * 1 + (-2) * (-1) + 0.5 * 2 + 0.25
-    assert head(z_i, z_j).item() == pytest.approx(expected)
-
-
 def test_pair_logits_cover_all_off_diagonal_pairs():
     head = DistanceHead(2)
     z = torch.randn(5, 2)
     assert pair_logits(head, z, z).shape == (20,)
 
 
-@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (1, 9), (3, 100)])
-def test_networks_adapt_to_size_and_channels(channels, size):
-    x = torch.rand(2, channels, size, size)
-    for backbone in ("small", "alexnet"):
-        assert ICSClassifier(channels, size, backbone).eval()(x).shape == (2,)
-    assert ConvAutoencoder(channels, size)(x).shape == x.shape
-
-
 def test_l2_applies_to_conv_kernels_only():
     clf = ICSClassifier(1, 28)
     kernels = conv_weights(clf)
     assert kernels and all(w.dim() == 4 for w in kernels)
-
-
-def test_split_counts_and_order():
-    rng = np.random.default_rng(0)
-    ssim = rng.random(600)
-    rank, atypical = split_by_ssim(ssim, 0.1)
-    assert atypical.sum() == 60 == n_atypical(600, 0.1)
-    assert ssim[atypical].max() < ssim[~atypical].min()
-    assert sorted(rank) == list(range(1, 601))
-    assert ssim[rank == 1][0] == ssim.min()
-
-
-def test_split_ties_are_broken_by_index():
-    """Equal SSIM values rank by position: the first of the tied images are the atypical ones, wherever they are."""
-    ssim = np.array([0.9] * 5 + [0.5] * 10 + [0.9] * 5)
-    rank, atypical = split_by_ssim(ssim, 0.25)
-    assert np.flatnonzero(atypical).tolist() == [5, 6, 7, 8, 9]
-    assert rank[5:15].tolist() == list(range(1, 11)) and rank[:5].tolist() == list(range(11, 16))
-
-
-@pytest.mark.parametrize("rho,n", [(0.0, 100), (0.5, 100), (0.1, 3)])
-def test_split_rejects_bad_rho(rho, n):
-    with pytest.raises(ValueError):
-        split_by_ssim(np.linspace(0, 1, n), rho)
-
-
-def test_ssim_window_shrinks_for_tiny_images():
-    assert ssim_window(28) == 11 and ssim_window(10) == 9 and ssim_window(8) == 7
-    with pytest.raises(ValueError):
-        ssim_window(2)
 
 
 def test_rotation_only_ablation_trains_no_ics_loss():
@@ -121,3 +72,23 @@ def test_rotation_only_ablation_trains_no_ics_loss():
         preset_config("default", ics_losses="rotation").validate()
     with pytest.raises(ValueError, match="rotation task"):
         preset_config("default", ics_losses="none", rotation=False).validate()
+
+
+def test_patch_head_keeps_the_moving_average_of_its_weights():
+    """train_ics_head(ema=d) leaves the head with the exponential moving average of the weights after each step
+    (the first step's weights, then avg ← d·avg + (1 − d)·w), not the last step's."""
+    from icsscan.train import ICSHead, train_ics_head
+
+    torch.manual_seed(0)
+    patches = torch.randn(400, 12)
+    atypical = torch.arange(400) >= 300
+    head = ICSHead(12, hidden=8, latent=4)
+    seen = []
+    train_ics_head(head, patches, atypical, iterations=5, batch=16, lr=1e-2, seed=0, log_every=1, ema=0.6,
+                    on_log=lambda row: seen.append([p.detach().clone() for p in head.parameters()]))
+    expected = seen[0]
+    for weights in seen[1:]:
+        expected = [0.6 * a + 0.4 * w for a, w in zip(expected, weights)]
+    for got, want in zip(head.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert any(not torch.allclose(g, l) for g, l in zip(head.parameters(), seen[-1]))
