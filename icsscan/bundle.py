@@ -288,6 +288,35 @@ def write_train_log(path: Path, rows: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def read_train_log(path: Path) -> list[dict]:
+    """train_log.csv's rows as written (numbers back as int / float, empty cells left out); [] without the file."""
+    if not path.is_file():
+        return []
+
+    def number(text: str):
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a valid training log ({exc})") from None
+
+
+def read_split_rows(path: Path) -> dict | None:
+    """split.csv as the `split_` dict a fit keeps (paths, ssim, rank, atypical; in rank order); None without it."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(csv.DictReader(f))
+        return {"paths": [r["path"] for r in rows], "ssim": np.array([float(r["ssim"]) for r in rows]),
+                "rank": np.array([int(r["rank"]) for r in rows], dtype=np.int64),
+                "atypical": np.array([r["subset"] == "atypical" for r in rows])}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: not a valid split.csv ({exc})") from None
+
+
 # --------------------------------------------------------------------------------------------- load
 
 def load(cls, directory: str | os.PathLike, device: str = "auto"):
@@ -339,6 +368,16 @@ def load(cls, directory: str | os.PathLike, device: str = "auto"):
     det.created_ = meta.get("created")
     det.timings_ = meta.get("timings", {})
     det.failures_ = []
+    # the rest of what a fit leaves, as far as the bundle holds it: the training log and the split read back from
+    # their CSVs (the split in rank order), what the bundle records of the pretrained parts; the image lists are
+    # stored only as a hash (train_files_hash), so they are None
+    det.train_log_ = read_train_log(directory / "train_log.csv")
+    det.split_ = read_split_rows(directory / "split.csv") if not cfg.is_local else None
+    if cfg.is_local:
+        det.local_info_ = meta.get("local")
+    else:
+        det.embed_info_ = meta.get("embedding")
+    det.train_paths_ = det.calibration_paths_ = None
     parity = directory / "parity_inputs.npy"
     try:
         det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from . import bundle, data
 from .config import (COMPONENTS, EMBED_COMPONENTS, MIN_IMAGES, ICSConfig, preset_config, resolve_backbone,
@@ -36,7 +37,7 @@ PARITY_SAMPLES = 16
 LOCAL_PARITY_SAMPLES = 4  # local inputs are large (640x640x3 = 1.2 MB each): a few real images suffice
 
 
-class ICSDetector:
+class ICSDetector(BaseEstimator):
     """Deep one-class classifier trained by intra-class splitting (Schlachter, Liao, Yang 2019).
 
     Parameters (all optional; None takes the preset's value)
@@ -51,7 +52,10 @@ class ICSDetector:
     config : ICSConfig, a full configuration; the other arguments override it.
     verbose : bool, print progress lines to stderr.
 
-    Attributes after `fit`
+    The constructor only stores its arguments (scikit-learn's rule): `get_params` / `set_params` and
+    `sklearn.base.clone` work, and an unfitted clone trains the same model.
+
+    Attributes after `fit` (and after `load`, as far as the bundle holds them)
     ----------------------
     config_, image_size_, channels_, classifier_, autoencoder_, scorer_, split_ (dict), calibration_scores_
     (sorted scores of held-out normals), threshold_ (0.5 raw score),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import STAGE_CHANNELS, efficientnet_lite0
+from .backbones import STAGE_CHANNELS, pretrained_network
 from .tracing import onnx_cpu_runner
 from .knn import knn_distance, leave_one_out_knn_distance, mark_atypical
 from .train import ICSHead, train_ics_head
@@ -43,7 +43,7 @@ class ImageEmbedding(nn.Module):
     def __init__(self, size: int, pretrained: bool = True):
         super().__init__()
         self.size = size
-        self.net = efficientnet_lite0(pretrained=pretrained, features_only=True, out_indices=EMBED_STAGES)
+        self.net = pretrained_network("efficientnet-lite0", pretrained, EMBED_STAGES)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.dim = sum(STAGE_CHANNELS[s] for s in EMBED_STAGES)

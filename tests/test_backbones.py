@@ -101,3 +101,13 @@ def test_border_padding_keeps_the_grid_and_calms_the_border():
     assert border_excess(a) < 0.6 * border_excess(b)  # measured: 1.65 vs 3.22 (pad 32: 1.45, 48: 1.39)
     with pytest.raises(ValueError, match="multiple of 16"):
         PatchFeatures(pad=8)
+
+
+def test_the_registry_holds_every_pretrained_backbone_the_config_accepts():
+    from icsscan.backbones import NETWORKS, pretrained_network
+    from icsscan.config import PRETRAINED_BACKBONES
+    from icsscan.errors import UsageError
+
+    assert set(NETWORKS) == set(PRETRAINED_BACKBONES)
+    with pytest.raises(UsageError, match="not a pretrained backbone"):
+        pretrained_network("resnet-9000", pretrained=False)

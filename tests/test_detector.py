@@ -57,3 +57,42 @@ def test_fit_on_arrays_with_calibration_and_percentiles():
     np.testing.assert_array_equal(det.predict(others, threshold=thr), (others_scores >= thr).astype(int))
     assert det.predict(others, threshold=0.0).tolist() == [1] * len(others)  # every score is ≥ 0
     assert det.predict(zeros[:20]).tolist() == (det.score_samples(zeros[:20]) >= 0.5).astype(int).tolist()  # default 0.5
+
+
+def test_params_and_clone_follow_scikit_learn():
+    from sklearn.base import clone
+
+    det = ICSDetector(rho=0.2, seed=3, score="patch_knn", verbose=True)
+    params = det.get_params()
+    assert params["rho"] == 0.2 and params["seed"] == 3 and params["score"] == "patch_knn" and params["verbose"]
+    twin = clone(det)
+    assert twin is not det and twin.get_params() == params and not hasattr(twin, "scorer_")
+    assert det.set_params(seed=5, rho=0.3) is det and det.seed == 5 and det.rho == 0.3
+    with pytest.raises(ValueError):
+        det.set_params(no_such_parameter=1)
+
+
+FITTED = {"config_", "image_size_", "channels_", "scorer_", "calibration_scores_", "threshold_", "train_log_",
+          "failures_", "timings_", "n_train_", "n_calibration_", "train_paths_", "calibration_paths_", "created_",
+          "parity_inputs_", "split_", "metadata_"}
+
+
+def fitted_attributes(det) -> set[str]:
+    return {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
+
+
+def test_the_same_attributes_after_fit_and_after_load(tmp_path):
+    """What a fit leaves is there after load too (the image lists as None: the bundle stores only their hash);
+    a fitted model and its loaded bundle score alike, and a clone of the fitted one refits from scratch."""
+    from sklearn.base import clone
+
+    x, y = mnist("MNIST", True)
+    det = ICSDetector(backbone="small", **QUICK).fit(x[y == 1][:60])
+    det.save(tmp_path / "m", export_onnx=False)
+    back = ICSDetector.load(tmp_path / "m", device="cpu")
+    assert FITTED <= fitted_attributes(det) and fitted_attributes(det) == fitted_attributes(back)
+    assert back.train_paths_ is None and back.split_["atypical"].sum() == det.split_["atypical"].sum()
+    assert [r["iteration"] for r in back.train_log_] == [r["iteration"] for r in det.train_log_]
+    xt = x[:20]
+    np.testing.assert_allclose(back.score_samples(xt), det.score_samples(xt), atol=1e-6)
+    assert not hasattr(clone(det), "scorer_")

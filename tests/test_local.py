@@ -491,3 +491,15 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad2", "--brightness", "dim")
     assert bad.returncode == 2 and "--brightness" in bad.stderr
 
+
+
+def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp_path):
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    det = ICSDetector(config=preset_config("default", seed=0, score="patch_knn+global_knn", **SMALL))
+    det.fit(parts["root"] / "good").save(tmp_path / "m", export_onnx=False)
+    back = ICSDetector.load(tmp_path / "m", device="cpu")
+    names = {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
+    assert names == {k for k in vars(back) if k.endswith("_") and not k.startswith("_")}
+    assert back.local_info_["bank_rows"] == 512 and back.split_ is None and back.train_paths_ is None
