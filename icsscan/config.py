@@ -126,6 +126,10 @@ class ICSConfig:
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on
                                    # held-out normals (fusion.calibrate_edges): normal maps still peaked on the
                                    # border (deeppcb 58 % of normal images; magnetic_tile 47 %)
+    map_smoothing: float = 1.5     # σ, in map cells (8 px), of a Gaussian blur of the *output* map (the image score
+                                   # is read before it). Pixel AUROC / AUPRO, magnetic_tile and deeppcb: 0.700 / 0.732
+                                   # and 0.931 / 0.812 unblurred → 0.740 / 0.753 and 0.956 / 0.864 at 1.5 (σ 1, 2, 3:
+                                   # benchmarks/industrial.md notes); 0 = the unblurred map
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 2048          # patches in the memory bank: bounds memory and the scan's kNN cost (~half of a
                                    # 304-px scan's graph at 4,096). With unaveraged features 2,048 lost nothing
@@ -235,6 +239,8 @@ class ICSConfig:
             raise ValueError(f"patch_pad must be a multiple of 16 (0 = none), got {self.patch_pad!r}")
         if self.patch_heads < 1:
             raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
+        if not 0.0 <= self.map_smoothing <= 8.0:
+            raise ValueError(f"map_smoothing must be in [0, 8] map cells, got {self.map_smoothing!r}")
         if not 0.0 <= self.patch_ema < 1.0:
             raise ValueError(f"patch_ema must be in [0, 1), got {self.patch_ema!r}")
         if self.patch_split not in ("synthetic", "knn"):

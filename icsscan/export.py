@@ -35,9 +35,12 @@ def map_colour_range(fusion: dict) -> dict[str, str]:
     region of a typical held-out normal image (its top-k centre), hi = MAP_RANGE_SPREADS robust spreads of that
     level above it. A region hotter than normal parts' hottest is coloured, and one that is clearly abnormal is
     full red, in every model's own units (a fixed scale left a visible crack almost uncoloured)."""
-    if "local_center" not in fusion or "local_scale" not in fusion:
+    if "map_center" in fusion and "map_scale" in fusion:  # the blurred map's own level (config map_smoothing)
+        lo, spread = float(fusion["map_center"]), float(fusion["map_scale"])
+    elif "local_center" in fusion and "local_scale" in fusion:
+        lo, spread = float(fusion["local_center"]), float(fusion["local_scale"])
+    else:
         return {}
-    lo, spread = float(fusion["local_center"]), float(fusion["local_scale"])
     return {"map_range": json.dumps([lo, lo + MAP_RANGE_SPREADS * spread])}
 
 

@@ -112,7 +112,6 @@ def standardise_and_offset(values: dict[str, np.ndarray], weights: dict[str, flo
     return fusion
 
 
-
 def weigh_without_labels(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], fixed: dict[str, float],
                          record: dict[str, float], power: float = 2) -> dict[str, float]:
     """The fixed weights times each component's label-free weight (label_free_weights, ∝ (2·AUC − 1)^power),
@@ -125,7 +124,6 @@ def weigh_without_labels(normal: dict[str, np.ndarray], synthetic: dict[str, np.
     for p, (_, auc) in found.items():
         record[f"{p}_synthetic_auc"] = auc
     return weights
-
 
 
 @torch.no_grad()
@@ -163,7 +161,6 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
     return {**fusion, **standardise_and_offset(values, weights, rho, compress), "compress": float(compress)}
 
 
-
 @torch.no_grad()
 def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int = 8,
                      reference_is_training: bool = False, synthetic: torch.Tensor | None = None):
@@ -197,6 +194,8 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
         fusion.update(calibrate_edges(scorer, maps, fusion))
     if scorer.aggregate == "fused" and maps:
         fusion.update(calibrate_fused_local(scorer, values, maps, fusion, cfg.rho))
+    if scorer.smoothing and maps:
+        fusion.update(calibrate_map_range(scorer, maps, fusion))
     return fusion, values, maps
 
 
@@ -235,7 +234,6 @@ def calibrate_edges(scorer, maps: dict[str, torch.Tensor], fusion: dict, batch: 
     return out
 
 
-
 def calibrate_fused_local(scorer, values: dict[str, np.ndarray], maps: dict[str, torch.Tensor], fusion: dict,
                           rho: float) -> dict[str, float]:
     """For aggregate "fused": the centre and spread of the fused map's top-k on the reference normals, and the
@@ -246,12 +244,26 @@ def calibrate_fused_local(scorer, values: dict[str, np.ndarray], maps: dict[str,
     local = fused_local_values(scorer, maps)
     center, scale = robust_center_scale(local)
     total = sum(fusion[f"{p}_weight"] for p in maps)
-    z = total * signed_log1p(torch.from_numpy((local - center) / scale)).numpy()
+    z = total * standardised(local, center, scale)
     for part in (p for p in scorer.parts if p not in maps):
-        v = (values[part] - fusion[f"{part}_center"]) / fusion[f"{part}_scale"]
-        z = z + fusion[f"{part}_weight"] * signed_log1p(torch.from_numpy(v)).numpy()
+        z = z + fusion[f"{part}_weight"] * standardised(values[part], fusion[f"{part}_center"], fusion[f"{part}_scale"])
     return {"local_center": center, "local_scale": scale, "offset": float(np.quantile(z, 1 - rho))}
 
+
+@torch.no_grad()
+def calibrate_map_range(scorer, maps: dict[str, torch.Tensor], fusion: dict, batch: int = 64) -> dict[str, float]:
+    """The output map's (LocalScorer.smoothed) top-k centre and spread on the reference normals: the overlays'
+    colour range (export.map_colour_range) in the units of the map scan writes. A blur lowers a small hot spot's
+    peak, so the range of the unblurred map would leave a blurred defect under-coloured."""
+    from .local import fused_local_heat, top_k_mean
+
+    scorer.set_fusion(fusion)
+    heat = fused_local_heat(scorer, maps, batch)
+    device = next(scorer.buffers()).device
+    peaks = torch.cat([top_k_mean(scorer.smoothed(heat[i:i + batch].to(device))).cpu()
+                       for i in range(0, len(heat), batch)])
+    center, scale = robust_center_scale(peaks.double().numpy())
+    return {"map_center": center, "map_scale": scale}
 
 
 @torch.no_grad()

@@ -202,7 +202,8 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
 
     lo, hi = load_model(local_model).map_range
     fusion = json.loads((local_model / "config.json").read_text())["fusion"]
-    assert (lo, hi) == pytest.approx((fusion["local_center"], fusion["local_center"] + 4 * fusion["local_scale"]))
+    # (of the blurred map the graph outputs: config map_smoothing)
+    assert (lo, hi) == pytest.approx((fusion["map_center"], fusion["map_center"] + 4 * fusion["map_scale"]))
     all_files = find_images(parts["root"] / "test")
     peaks = det.anomaly_maps(all_files).reshape(len(all_files), -1).max(1)
     defective = np.array([parts["labels"][Path(f).name] for f in all_files]) == 1
@@ -503,3 +504,27 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     names = {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
     assert names == {k for k in vars(back) if k.endswith("_") and not k.startswith("_")}
     assert back.local_info_["bank_rows"] == 512 and back.split_ is None and back.train_paths_ is None
+
+
+def test_map_smoothing_blurs_the_map_and_leaves_the_score():
+    """The output map is the fused map blurred by a Gaussian of σ map cells (edges replicated, as SciPy's
+    "nearest"); the score is the same with or without it; σ = 0 outputs the fused map itself."""
+    from scipy.ndimage import gaussian_filter
+
+    from icsscan.local import LocalScorer
+
+    torch.manual_seed(0)
+    plain = LocalScorer(1, 64, 8, ("knn", "pics"), pretrained=False).eval()
+    with torch.no_grad():
+        plain.bank.normal_()
+    blurred = LocalScorer(1, 64, 8, ("knn", "pics"), pretrained=False, smoothing=2.0).eval()
+    blurred.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 96, 128)
+    with torch.no_grad():
+        (s0, m0), (s1, m1) = plain(x), blurred(x)
+        heat = plain.heat(plain.components(x)[1])
+    torch.testing.assert_close(s0, s1)
+    torch.testing.assert_close(m0, heat)
+    want = np.stack([gaussian_filter(h.double().numpy(), 2.0, mode="nearest", truncate=3.0) for h in heat])
+    np.testing.assert_allclose(m1.numpy(), want, atol=1e-5)
+    assert float(m1.std()) < float(m0.std())

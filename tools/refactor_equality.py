@@ -58,7 +58,7 @@ PINNED = {
 
 # fields added after the base commit by other changes (issue 31), at the values that reproduce the base's behaviour:
 # pinned when the code under test has them, so that only the refactor is compared
-ADDED_SINCE = {"patch_pad": 0, "normalise_brightness": False, "edge_calibration": False}
+ADDED_SINCE = {"patch_pad": 0, "normalise_brightness": False, "edge_calibration": False, "map_smoothing": 0.0}
 
 
 def _import(code: Path):
