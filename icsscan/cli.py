@@ -366,6 +366,8 @@ def scan(
         summary = write_report(result, report_dir, str(folder), wanted, command=sys.argv, copy=copy_flagged, html=html)
         if partial:
             partial.close(finished=not result.interrupted)  # kept after an interrupt: `--resume` continues from it
+        from .progress import print_summary
+
         print_summary(summary, report_dir)
         if result.interrupted:
             typer.echo(f"icsscan: interrupted; partial report ({len(result.rows)} of {result.n_files} files) "
@@ -435,47 +437,14 @@ def evaluate(
                   "batch_size": batch_size, "workers": workers, "device": device}
         gates = {"--min-auroc": min_auroc, "--min-pixel-auroc": min_pixel_auroc, "--min-aupro": min_aupro}
         metrics = write_evaluation(evaluation, out, source, gates, command=sys.argv, html=html)
+        from .progress import print_evaluation
+
         print_evaluation(metrics, out)
         missed = [g for g in metrics["gates"] if not g["passed"]]
         for gate in missed:
             typer.echo(f"icsscan: {gate_message(gate)}", err=True)
         if missed:
             raise typer.Exit(1)
-
-
-def print_evaluation(metrics: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def pct(v):
-        return "n/a" if v is None else f"{v:.2%}"
-
-    c, image = metrics["counts"], metrics["image"]
-    table = Table(title="icsscan evaluate", show_header=False)
-    table.add_row("images", f"{c['images']}: {c['good']} good, {c['defective']} defective scored, "
-                            f"{c['unreadable']} unreadable")
-    table.add_row("image AUROC", f"{image['auroc']:.4f}")
-    table.add_row("average precision", f"{image['average_precision']:.4f}")
-    for name, v in image["per_class"].items():
-        table.add_row(f"  AUROC {name}", f"{v['auroc']:.4f} ({v['n']} images)")
-    for key, title in (("model_default", "at model threshold"), ("false_alarm_rate", "at --false-alarm-rate")):
-        t = metrics["at_threshold"].get(key)
-        if t:
-            table.add_row(f"{title} {t['threshold']:.4g}",
-                          f"false alarms {pct(t['false_alarm_rate'])} ({t['fp']}/{t['fp'] + t['tn']}), misses "
-                          f"{pct(t['miss_rate'])} ({t['fn']}/{t['fn'] + t['tp']}), F1 {t['f1']:.3f}")
-    pixel = metrics.get("pixel")
-    if pixel:
-        table.add_row("pixel AUROC", f"{pixel['pixel_auroc']:.4f}")
-        table.add_row(f"AUPRO (FPR ≤ {pixel['aupro_fpr_limit']:g})", f"{pixel['aupro']:.4f}")
-    else:
-        table.add_row("pixel metrics", metrics.get("pixel_note", "none"))
-    for g in metrics["gates"]:
-        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
-        table.add_row(f"gate {g['gate']} {g['required']:g}", f"{'met' if g['passed'] else 'MISSED'} ({value})")
-    table.add_row("speed", f"{metrics['timings']['images_per_s']} images/s")
-    table.add_row("report", str(out))
-    Console(soft_wrap=False, width=max(100, min(160, os.get_terminal_size().columns if sys.stdout.isatty() else 120))).print(table)
 
 
 def install_maps(spool: Path, target: Path) -> None:
@@ -500,22 +469,6 @@ def start_partial(out: Path, model_sha256: str, folder: Path, resume: bool):
     if not out.exists() or not any(out.iterdir()):  # a folder we create is ours, even if the scan stops here
         mark_report_folder(out)
     return PartialWriter(out, model_sha256, folder, done)
-
-
-def print_summary(summary: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    c = summary["counts"]
-    table = Table(title="icsscan scan", show_header=False)
-    table.add_row("images", str(c["files"]))
-    table.add_row("scored", str(c["scored"]))
-    table.add_row("unreadable", str(c["unreadable"]))
-    table.add_row("anomalies", str(c["anomalies"]))
-    table.add_row("threshold", summary["threshold"]["meaning"])
-    table.add_row("speed", f"{summary['timings']['images_per_s']} images/s")
-    table.add_row("report", str(out))
-    Console(soft_wrap=False, width=max(100, min(160, os.get_terminal_size().columns if sys.stdout.isatty() else 120))).print(table)
 
 
 def run() -> None:

@@ -498,17 +498,23 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
-    det = ICSDetector(config=preset_config("default", seed=0, score="patch_knn+global_knn", **SMALL))
+    det = ICSDetector(config=preset_config("default", seed=0, score="patch_knn+global_knn", calibration_fraction=0.25,
+                                           **SMALL))  # 10 of the 40 images held out: the maps' edges are calibrated
     det.fit(parts["root"] / "good").save(tmp_path / "m", export_onnx=False)
     back = ICSDetector.load(tmp_path / "m", device="cpu")
     names = {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
     assert names == {k for k in vars(back) if k.endswith("_") and not k.startswith("_")}
     assert back.local_info_["bank_rows"] == 512 and back.split_ is None and back.train_paths_ is None
+    # the blurred output map's own calibration is not in the weights file: it comes back from config.json
+    assert "map_edge_gain_0" in det.fusion_ and "map_center" in det.fusion_
+    files = sorted((parts["root"] / "test").iterdir())[:6]
+    np.testing.assert_allclose(back.anomaly_maps(files), det.anomaly_maps(files), atol=1e-5)
 
 
 def test_map_smoothing_blurs_the_map_and_leaves_the_score():
     """The output map is the fused map blurred by a Gaussian of σ map cells (edges replicated, as SciPy's
-    "nearest"); the score is the same with or without it; σ = 0 outputs the fused map itself."""
+    "nearest"; its sides' calibration is the identity until fitted); the score is the same with or without it;
+    σ = 0 outputs the fused map itself."""
     from scipy.ndimage import gaussian_filter
 
     from icsscan.local import LocalScorer
