@@ -30,7 +30,7 @@ def main() -> None:
     from icsscan import data
     from icsscan.config import preset_config
     from icsscan.data import array_to_rgb
-    from icsscan.embed import synthetic_anomalies
+    from icsscan.synthetic import synthetic_anomalies
     from icsscan.split import ssim_scores, train_autoencoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

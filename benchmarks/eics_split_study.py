@@ -59,7 +59,7 @@ def synthetic_head_scores(ds, cache: dict, cls: int, seed: int, size: int, sessi
 
     from icsscan.config import preset_config
     from icsscan.data import array_to_rgb
-    from icsscan.embed import synthetic_anomalies
+    from icsscan.synthetic import synthetic_anomalies
     from icsscan.train import ICSHead, train_ics_head
 
     cfg = preset_config("default", seed=seed, embed_size=size)

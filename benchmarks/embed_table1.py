@@ -83,7 +83,8 @@ def cell_rows(ds, cache: dict, cls: int, seed: int, size: int, session, ablation
 
     from icsscan.config import preset_config
     from icsscan.data import array_to_rgb
-    from icsscan.embed import fit_embedding, synthetic_anomalies
+    from icsscan.embed import fit_embedding
+    from icsscan.synthetic import synthetic_anomalies
 
     torch.manual_seed(seed)
     cfg = preset_config("default", seed=seed, embed_size=size, score="eknn+eics", global_weights="synthetic")

@@ -260,8 +260,8 @@ class ICSDetector(BaseEstimator):
         if "maha" in parts:
             fit_latent_gaussian(self.classifier_, images)
         synthetic = None
-        if len(parts) > 1 and cfg.global_weights == "synthetic":  # label-free weights (embed.synthetic_anomalies)
-            from .embed import synthetic_anomalies
+        if len(parts) > 1 and cfg.global_weights == "synthetic":  # label-free weights (synthetic.synthetic_anomalies)
+            from .synthetic import synthetic_anomalies
 
             base = loaded.images[cal_idx] if len(cal_idx) else loaded.images[fit_idx]
             synthetic = self._tensor(synthetic_anomalies(base, loaded.images[fit_idx[:256]], cfg.seed), device)

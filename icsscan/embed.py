@@ -22,7 +22,6 @@ import math
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -145,37 +144,3 @@ def fit_embedding(train: torch.Tensor, cfg, parts: tuple[str, ...], embedding: I
     info = {"n_atypical": int(atypical.sum()), "atypical_distance_cut": float(distance[atypical].min()),
             "train_log": log, "timings": {"train_s": time.perf_counter() - t}}
     return scorer, info
-
-
-# ---------------------------------------------------------------------------------- label-free weights
-
-def synthetic_anomalies(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
-    """One synthetic anomaly per whole-object image (uint8 (N, H, W, 3)), for weighting without labels.
-
-    Whole-object anomalies change what the object is, so these changes are large: a quarter of another
-    normal image pasted in (cut-paste: a part that does not belong), a strong local blur (a missing detail),
-    a block of noise (a foreign texture), or a half mirrored onto the other (a broken shape).
-    """
-    rng = np.random.default_rng(seed)
-    out = images.copy()
-    n, h, w, _ = images.shape
-    for i in range(n):
-        img = out[i].astype(np.float64)
-        rh, rw = max(2, int(rng.uniform(0.3, 0.5) * h)), max(2, int(rng.uniform(0.3, 0.5) * w))
-        y, x = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
-        kind = i % 4
-        if kind == 0:  # cut-paste from another normal image, from another place
-            donor = donors[rng.integers(len(donors))].astype(np.float64)
-            sy, sx = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
-            img[y:y + rh, x:x + rw] = donor[sy:sy + rh, sx:sx + rw]
-        elif kind == 1:  # blur the region to its mean: the detail there is gone
-            img[y:y + rh, x:x + rw] = img[y:y + rh, x:x + rw].mean((0, 1))
-        elif kind == 2:  # a block of noise
-            img[y:y + rh, x:x + rw] = rng.uniform(0, 255, (rh, rw, 1 if np.ptp(img, 2).max() == 0 else 3))
-        else:  # the left half mirrored onto the right (or top onto bottom)
-            if rng.random() < 0.5:
-                img[:, w // 2:] = img[:, :w - w // 2][:, ::-1]
-            else:
-                img[h // 2:] = img[:h - h // 2][::-1]
-        out[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return out

@@ -168,7 +168,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     Returns (fusion, values, maps): the fitted buffers' values, and the reference's image-level components and
     local maps they were fitted on (local.scores_from_components turns them into the reference's scores).
 
-    With `synthetic` (the held-out normals with one synthetic local defect each, local.synthetic_defects) the
+    With `synthetic` (the held-out normals with one synthetic local defect each, synthetic.synthetic_defects) the
     weights are chosen without labels: local_weights "gated" keeps the score string's weights (equal by default)
     but drops the global gknn when it cannot tell the two sets apart better than chance (gated_weights);
     "synthetic" makes each component's share grow with how well it separates them.
@@ -306,9 +306,10 @@ def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, cal_idx: np.ndar
     """A local scorer's fusion fitted on the held-out normals `images[cal_idx]` (the training images
     `images[fit_idx]` when there are none) and written into its buffers; returns (fusion, the held-out normals'
     sorted scores, empty without them). Weights "synthetic" and "gated" read copies of those normals with one
-    synthetic local defect each (local.synthetic_defects)."""
+    synthetic local defect each (synthetic.synthetic_defects)."""
     from .tracing import onnx_runtime
-    from .local import FloatBatches, scores_from_components, synthetic_defects
+    from .local import FloatBatches, scores_from_components
+    from .synthetic import synthetic_defects
 
     reference = FloatBatches(images, cfg.channels, device, rows=cal_idx if len(cal_idx) else fit_idx)
     synthetic = None

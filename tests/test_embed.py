@@ -55,7 +55,7 @@ def test_embedding_is_a_unit_vector_and_grey_equals_three_equal_channels():
 
 
 def test_synthetic_anomalies_are_deterministic_and_change_every_image():
-    from icsscan.embed import synthetic_anomalies
+    from icsscan.synthetic import synthetic_anomalies
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (8, 28, 28, 3), dtype=np.uint8)

@@ -294,7 +294,7 @@ def test_gate_drops_a_component_blind_to_synthetic_defects():
 
 
 def test_synthetic_defects_change_a_small_region_only():
-    from icsscan.local import synthetic_defects
+    from icsscan.synthetic import synthetic_defects
 
     rng = np.random.default_rng(0)
     images = np.stack([np.stack([part(rng)] * 3, -1) for _ in range(6)])
@@ -308,7 +308,7 @@ def test_synthetic_defect_masks_mark_one_small_defect_per_image():
     """The masks are where the defects were drawn: one compact region per image (a radius of at most 6 % of the
     short side; a scratch at most four radii long), nothing changed outside it, the blob (every third image from
     the second) filled with one level, the scratch (from the third) drawn in black or white."""
-    from icsscan.local import synthetic_defects
+    from icsscan.synthetic import synthetic_defects
 
     rng = np.random.default_rng(1)
     images = np.stack([np.stack([part(rng)] * 3, -1) for _ in range(6)])
