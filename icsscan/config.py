@@ -126,10 +126,12 @@ class ICSConfig:
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on
                                    # held-out normals (fusion.calibrate_edges): normal maps still peaked on the
                                    # border (deeppcb 58 % of normal images; magnetic_tile 47 %)
-    map_smoothing: float = 1.5     # σ, in map cells (8 px), of a Gaussian blur of the *output* map (the image score
-                                   # is read before it). Pixel AUROC / AUPRO, magnetic_tile and deeppcb: 0.700 / 0.732
-                                   # and 0.931 / 0.812 unblurred → 0.740 / 0.753 and 0.956 / 0.864 at 1.5 (σ 1, 2, 3:
-                                   # benchmarks/industrial.md notes); 0 = the unblurred map
+    map_smoothing: float = 0.0     # σ, in map cells (8 px), of a Gaussian blur of the *output* map (the image score
+                                   # is read before it; 0 = none). At 1.5, through the CLI: pixel AUROC / AUPRO
+                                   # magnetic_tile 0.700 / 0.732 → 0.740 / 0.745, deeppcb 0.931 / 0.812 → 0.956 /
+                                   # 0.865, but map peaks on the border deeppcb 1 % → 11 % (chance 5 %), casting 5 % →
+                                   # 8 %, magnetic_tile 9 % → 11 %, even with the blurred map's own edge calibration:
+                                   # not the default (benchmarks/industrial.md notes)
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 2048          # patches in the memory bank: bounds memory and the scan's kNN cost (~half of a
                                    # 304-px scan's graph at 4,096). With unaveraged features 2,048 lost nothing

@@ -202,8 +202,7 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
 
     lo, hi = load_model(local_model).map_range
     fusion = json.loads((local_model / "config.json").read_text())["fusion"]
-    # (of the blurred map the graph outputs: config map_smoothing)
-    assert (lo, hi) == pytest.approx((fusion["map_center"], fusion["map_center"] + 4 * fusion["map_scale"]))
+    assert (lo, hi) == pytest.approx((fusion["local_center"], fusion["local_center"] + 4 * fusion["local_scale"]))
     all_files = find_images(parts["root"] / "test")
     peaks = det.anomaly_maps(all_files).reshape(len(all_files), -1).max(1)
     defective = np.array([parts["labels"][Path(f).name] for f in all_files]) == 1
@@ -499,8 +498,8 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     from icsscan.config import preset_config
 
     det = ICSDetector(config=preset_config("default", seed=0, score="patch_knn+global_knn", calibration_fraction=0.25,
-                                           **SMALL))  # 10 of the 40 images held out: the maps' edges are calibrated
-    det.fit(parts["root"] / "good").save(tmp_path / "m", export_onnx=False)
+                                           map_smoothing=1.5, **SMALL))  # 10 of 40 held out: the edges are calibrated
+    det.fit(parts["root"] / "good").save(tmp_path / "m")
     back = ICSDetector.load(tmp_path / "m", device="cpu")
     names = {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
     assert names == {k for k in vars(back) if k.endswith("_") and not k.startswith("_")}
@@ -509,6 +508,16 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     assert "map_edge_gain_0" in det.fusion_ and "map_center" in det.fusion_
     files = sorted((parts["root"] / "test").iterdir())[:6]
     np.testing.assert_allclose(back.anomaly_maps(files), det.anomaly_maps(files), atol=1e-5)
+    # the exported graph outputs the same blurred, calibrated map; the overlays' colours follow that map's level
+    from icsscan.data import load_images, to_channels
+    from icsscan.scan import load_model
+
+    model = load_model(tmp_path / "m")
+    x = to_channels(load_images(files, (W, H)).images, 1)
+    _, onnx_maps = model.session.run(None, {"pixels": x})
+    np.testing.assert_allclose(onnx_maps, det.anomaly_maps(files), atol=1e-4)
+    assert model.map_range == pytest.approx((det.fusion_["map_center"],
+                                             det.fusion_["map_center"] + 4 * det.fusion_["map_scale"]))
 
 
 def test_map_smoothing_blurs_the_map_and_leaves_the_score():
