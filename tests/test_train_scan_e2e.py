@@ -122,20 +122,20 @@ def test_library_roundtrip_matches_onnx_scan(mnist_model, mnist_zero_folders, tm
 
 
 @pytest.mark.slow
-def test_split_cli_and_train_cli_on_600_pngs(mnist_zero_folders, tmp_path):
+def test_split_cli_and_train_cli_on_300_pngs(mnist_zero_folders, tmp_path):
     from conftest import mnist
 
     x, y = mnist("MNIST", True)
-    folder = tmp_path / "six_hundred"
-    write_pngs(folder, x[y == 3][:600], "three")
+    folder = tmp_path / "three_hundred"
+    write_pngs(folder, x[y == 3][:300], "three")
     out = tmp_path / "split"
     r = run_cli("split", folder, "--out", out, "--rho", 0.1, "--seed", 0)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out / "split.csv")))
-    assert len(rows) == 600
+    assert len(rows) == 300
     atyp = [float(r["ssim"]) for r in rows if r["subset"] == "atypical"]
     typ = [float(r["ssim"]) for r in rows if r["subset"] == "typical"]
-    assert len(atyp) == 60 and max(atyp) <= min(typ)
+    assert len(atyp) == 30 and max(atyp) <= min(typ)
     assert (out / "split_preview.png").stat().st_size > 0 and (out / "autoencoder.pt").exists()
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 0
 
