@@ -289,6 +289,18 @@ def write_train_log(path: Path, rows: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def split_rows_of(path: Path) -> dict | None:
+    """split.csv as the `split_` dict a fit keeps (split.read_split_rows); None without it."""
+    from .split import read_split_rows
+
+    if not path.is_file():
+        return None
+    try:
+        return read_split_rows(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: not a valid split.csv ({exc})") from None
+
+
 def read_train_log(path: Path) -> list[dict]:
     """train_log.csv's rows as written (numbers back as int / float, empty cells left out); [] without the file."""
     if not path.is_file():
@@ -302,20 +314,6 @@ def read_train_log(path: Path) -> list[dict]:
             return [{k: number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a valid training log ({exc})") from None
-
-
-def read_split_rows(path: Path) -> dict | None:
-    """split.csv as the `split_` dict a fit keeps (paths, ssim, rank, atypical; in rank order); None without it."""
-    if not path.is_file():
-        return None
-    try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            rows = list(csv.DictReader(f))
-        return {"paths": [r["path"] for r in rows], "ssim": np.array([float(r["ssim"]) for r in rows]),
-                "rank": np.array([int(r["rank"]) for r in rows], dtype=np.int64),
-                "atypical": np.array([r["subset"] == "atypical" for r in rows])}
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{path}: not a valid split.csv ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------- load
@@ -373,7 +371,7 @@ def load(cls, directory: str | os.PathLike, device: str = "auto"):
     # their CSVs (the split in rank order), what the bundle records of the pretrained parts; the image lists are
     # stored only as a hash (train_files_hash), so they are None
     det.train_log_ = read_train_log(directory / "train_log.csv")
-    det.split_ = read_split_rows(directory / "split.csv") if not cfg.is_local else None
+    det.split_ = split_rows_of(directory / "split.csv") if not cfg.is_local else None
     if cfg.is_local:
         det.local_info_ = meta.get("local")
     else:

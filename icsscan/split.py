@@ -130,6 +130,15 @@ def read_split_csv(path: Path) -> dict[str, str]:
         return out
 
 
+def read_split_rows(path: Path) -> dict:
+    """All of a split.csv as the `split_` dict a fit keeps: paths, ssim, rank, atypical (in the file's rank order)."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.DictReader(f))
+    return {"paths": [r["path"] for r in rows], "ssim": np.array([float(r["ssim"]) for r in rows]),
+            "rank": np.array([int(r["rank"]) for r in rows], dtype=np.int64),
+            "atypical": np.array([r["subset"] == "atypical" for r in rows])}
+
+
 def save_preview(path: Path, images: torch.Tensor, ssim_values: np.ndarray, per_row: int = 8) -> None:
     """Like the paper's Fig. 1: top row(s) the most typical images, bottom row(s) the most atypical."""
     from torchvision.utils import save_image

@@ -49,6 +49,18 @@ def write_pngs(folder: Path, images: np.ndarray, prefix: str = "img") -> list[Pa
     return paths
 
 
+def save_onnx(model, meta: dict[str, str], path: Path) -> Path:
+    """A hand-built onnx ModelProto with icsscan's metadata (what `scan` reads), checked and saved to `path`."""
+    import onnx
+
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
     """Run `python -m icsscan ARGS` in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import SAMPLE, run_cli
+from conftest import SAMPLE, run_cli, save_onnx
 
 W, H = 64, 48  # the model's input (width, height); its map is 8 x 6
 STRIDE = 8
@@ -27,7 +27,6 @@ STRIDE = 8
 
 def map_model(path: Path, calibration: np.ndarray | None = None) -> Path:
     """A real icsscan local ONNX model: map = mean brightness per 8 x 8 cell, score = the map's maximum."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("AveragePool", ["pixels"], ["pooled"], kernel_shape=[STRIDE, STRIDE],
@@ -44,12 +43,7 @@ def map_model(path: Path, calibration: np.ndarray | None = None) -> Path:
     meta = {"icsscan_version": "test", "image_size": str(W), "image_height": str(H), "channels": "1",
             "score": "cellmax", "default_threshold": "0.5", "outputs": "score,map",
             "calibration": json.dumps({"scores": sorted(map(float, calibration))})}
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return save_onnx(model, meta, path)
 
 
 def plate(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import mnist, run_cli, write_pngs
+from conftest import mnist, run_cli, save_onnx, write_pngs
 
 # Names that break naive HTML or URLs: spaces, fragment and percent signs (%41 must not become "A"),
 # quotes, markup, non-ASCII.
@@ -68,7 +68,6 @@ def local_target(report: Path, url: str) -> Path:
 def brightness_model(path: Path, calibration: np.ndarray) -> Path:
     """A real icsscan ONNX model whose score is the mean pixel value: scans go through the real CLI, decoding
     and onnxruntime in a second or two, where training even a tiny model takes minutes on a busy CPU."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -79,12 +78,7 @@ def brightness_model(path: Path, calibration: np.ndarray) -> Path:
     meta = {"icsscan_version": "test", "image_size": "28", "channels": "1", "score": "brightness",
             "default_threshold": str(float(np.quantile(calibration, 0.95))),
             "calibration": json.dumps({"scores": sorted(map(float, calibration))})}
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return save_onnx(model, meta, path)
 
 
 @pytest.fixture(scope="module")
