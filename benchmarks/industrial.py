@@ -313,7 +313,9 @@ def suite_table(rows: list[dict], part: str) -> list[str]:
 
 def write_report(rows: list[dict], args) -> None:
     lines = ["# The development suite (`benchmarks/industrial.py`)", "",
-             f"Last command: `{' '.join(sys.argv)}` (finished {now_iso()}); torch threads {args.threads}; "
+             (f"Rewritten from industrial.csv by `{' '.join(sys.argv)}` ({now_iso()}); each row was measured by its "
+              "part's run (its finished time is in the CSV); " if args.report_only else
+              f"Last command: `{' '.join(sys.argv)}` (finished {now_iso()}); torch threads {args.threads}; ") +
              f"machine `{json.dumps(machine())}`; versions `{json.dumps(versions())}`", "",
              "## The default and the baseline (image AUROC)", ""]
     lines += suite_table([r for r in rows if r["part"] in ("default", "baseline")], "default")[:2]
@@ -368,6 +370,19 @@ Working size, tried and not adopted (2026-12-04, magnetic_tile, seed 0, library 
 images have no common size (aspect 0.44-2.34; the most common shape, 218x273, is 2 of 200 sampled), so the default
 works at that shape's 224x272. The median width and height instead (working size 272x320): AUC 0.908; a long side
 of 224 (176x224): 0.936; default 0.945. More pixels did not help these tiles; the size rule stays.
+Map units (config map_units, chosen 2026-12-04 on the cached default models' maps of the test sets, library,
+seed 0; then through the CLI above). The fused map of local evidence alone (map_units local) gave magnetic_tile
+pixel AUROC / AUPRO 0.700 / 0.732: its "uneven" tiles hold 71 % of its defect pixels (masks cover ~24 % of such a
+tile) and are off as a whole, which the local map cannot say (0.631 on uneven vs good alone; blowhole 0.985,
+break 0.918, crack 0.864, fray 0.874); the patch_ics map alone localises worse than patch_knn's (0.598 vs 0.724).
+Candidates, magnetic_tile | deeppcb: the fused map 0.700 / 0.732 | 0.931 / 0.812; the score's logit per cell (local
+term with its signed log, plus the image's weighted global terms, minus the offset) 0.841 / 0.763 | 0.933 / 0.819;
+the same with a linear local term 0.802 / 0.768 | 0.931 / 0.812; the fused map plus the standardised gknn at
+weight 1, 0.5, 2: 0.844 / 0.735, 0.839 / 0.768, 0.840 / 0.661 | 0.812 / 0.586, 0.872 / 0.700, 0.747 / 0.462;
+patch_knn's map in logit units 0.831 / 0.732 | 0.916 / 0.765. The logit map is best or within 0.004 of best on
+every column of both sets and is the only one that is not worse than the fused map anywhere: the default
+(map_units logit). It is monotone within an image, so peaks, border shares and overlays' shapes do not move.
+The σ figures of map smoothing below are in the earlier units (map_units local).
 Map smoothing (config map_smoothing, σ of a Gaussian blur of the output map in map cells; the score is read
 before it, so image AUCs do not move), chosen 2026-12-04 on the cached default models' maps of the test sets
 (library, seed 0). Pixel AUROC / AUPRO@0.3, magnetic_tile | deeppcb: σ 0 0.700 / 0.732 | 0.931 / 0.812; σ 0.5
@@ -414,7 +429,11 @@ def main() -> None:
     ap.add_argument("--parts", default="default,baseline,variants,fewshot,contamination")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="rewrite industrial.md from industrial.csv (no runs)")
     args = ap.parse_args()
+    if args.report_only:
+        write_report(read_rows(), args)
+        return
     import torch
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def migrate(meta: dict) -> dict:
     meta = dict(meta)
     meta["config"] = {"local_aggregate": "separate", "patch_heads": 1, "patch_pool": 3, "patch_pad": 0,
                       "normalise_brightness": False, "edge_calibration": False, "map_smoothing": 0.0,
-                      **meta["config"]}
+                      "map_units": "local", **meta["config"]}
     meta.setdefault("threshold", DEFAULT_THRESHOLD)
     fusion, cfg = meta.get("fusion"), ICSConfig.from_dict(meta["config"])
     if fusion and isinstance(fusion, dict) and not cfg.is_local:  # anything else is load's to refuse
@@ -400,7 +400,8 @@ def _load_local(det, directory: Path, meta: dict, dev: torch.device) -> None:
     scorer = LocalScorer(cfg.channels, int(meta["local"]["bank_rows"]), int(meta["local"]["train_rows"]),
                          score_parts(cfg.score), fusion, pretrained=False, aggregate=cfg.local_aggregate,
                          heads=count_heads(state), pool=cfg.patch_pool, pad=cfg.patch_pad,
-                         normalise=cfg.normalise_brightness, smoothing=cfg.map_smoothing)
+                         normalise=cfg.normalise_brightness, smoothing=cfg.map_smoothing,
+                         map_units=cfg.map_units)
     try:
         if cfg.local_aggregate == "separate":  # bundles from before the fused aggregate lack its two buffers
             state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("local_")}, **state}

@@ -14,6 +14,7 @@ COMPONENTS = ("ics", "ssim", "rot", "maha")
 # Local models (pretrained backbone, see local.py): patch-kNN distance to the memory bank, the ICS head on
 # patches, and the global (mean-embedding) kNN distance to the training images.
 LOCAL_COMPONENTS = ("knn", "pics", "gknn")
+MAP_COMPONENTS = ("knn", "pics")  # the local components with a value per location (the map)
 # Whole-object components on a pretrained embedding (embed.py), beside the from-scratch ones in a global model:
 # kNN distance of the image's ImageNet EfficientNet-Lite0 embedding to the training images', and the ICS head
 # trained on those embeddings.
@@ -132,6 +133,12 @@ class ICSConfig:
                                    # 0.865, but map peaks on the border deeppcb 1 % → 11 % (chance 5 %), casting 5 % →
                                    # 8 %, magnetic_tile 9 % → 11 %, even with the blurred map's own edge calibration:
                                    # not the default (benchmarks/industrial.md notes)
+    map_units: str = "logit"       # what a map cell says. logit: the image's score logit were this cell's region its
+                                   # hottest (local evidence, plus the image's global evidence, minus the offset: 0 =
+                                   # the threshold 0.5; a whole image that is off reads hotter everywhere). local: the
+                                   # fused local evidence alone (bundles before it). Pixel AUROC / AUPRO, cached
+                                   # default models: magnetic_tile 0.700 / 0.732 → 0.841 / 0.763 (its "uneven" tiles
+                                   # are off as a whole), deeppcb 0.931 / 0.812 → 0.933 / 0.819; peaks unchanged
     bank: str = "coreset"          # coreset (greedy k-center) | random (a fixed random subsample)
     bank_size: int = 2048          # patches in the memory bank: bounds memory and the scan's kNN cost (~half of a
                                    # 304-px scan's graph at 4,096). With unaveraged features 2,048 lost nothing
@@ -243,6 +250,8 @@ class ICSConfig:
             raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
         if not 0.0 <= self.map_smoothing <= 8.0:
             raise ValueError(f"map_smoothing must be in [0, 8] map cells, got {self.map_smoothing!r}")
+        if self.map_units not in ("logit", "local"):
+            raise ValueError(f"map_units must be logit or local, got {self.map_units!r}")
         if not 0.0 <= self.patch_ema < 1.0:
             raise ValueError(f"patch_ema must be in [0, 1), got {self.patch_ema!r}")
         if self.patch_split not in ("synthetic", "knn"):

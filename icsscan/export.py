@@ -17,9 +17,10 @@ import torch
 
 from . import __version__
 from .tracing import trace_onnx
-from .config import ICSConfig
+from .config import MAP_COMPONENTS, ICSConfig
 from .errors import ModelError
 from .files import write_bytes_atomic
+from .models import signed_log1p
 from .runinfo import hash_json, now_iso
 
 PARITY_TOLERANCE = 1e-4
@@ -27,21 +28,35 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME, MAP_NAME = "pixels", "score", "map"
 
 
+MAP_MEANINGS = {
+    "local": "per-location fused anomaly evidence (standardised on held-out normals; > 0 = less typical than the "
+             "median normal location); the score rises with its peak",
+    "logit": "per location, the score's logit (log-odds) were this region the image's hottest: local evidence plus "
+             "the image's global evidence; 0 = the default threshold 0.5, > 0 = above it; the peak is about the "
+             "score's logit"}
 MAP_RANGE_SPREADS = 4.0  # the colour scale's hot end, in robust spreads of the normals' hottest regions above them
 
 
-def map_colour_range(fusion: dict) -> dict[str, str]:
+def map_colour_range(fusion: dict, score_units: bool = False) -> dict[str, str]:
     """`map_range` [lo, hi] for the overlays (scan.ScanModel.map_range): lo = the fused map's level in the hottest
     region of a typical held-out normal image (its top-k centre), hi = MAP_RANGE_SPREADS robust spreads of that
     level above it. A region hotter than normal parts' hottest is coloured, and one that is clearly abnormal is
-    full red, in every model's own units (a fixed scale left a visible crack almost uncoloured)."""
+    full red, in every model's own units (a fixed scale left a visible crack almost uncoloured). `score_units`:
+    the map is in the score's logit (map_units "logit"): the same two levels carried into it for an image of
+    typical global evidence (LocalScorer.in_score_units), so the colours do not change with the units."""
     if "map_center" in fusion and "map_scale" in fusion:  # the blurred map's own level (config map_smoothing)
         lo, spread = float(fusion["map_center"]), float(fusion["map_scale"])
     elif "local_center" in fusion and "local_scale" in fusion:
         lo, spread = float(fusion["local_center"]), float(fusion["local_scale"])
     else:
         return {}
-    return {"map_range": json.dumps([lo, lo + MAP_RANGE_SPREADS * spread])}
+    hi = lo + MAP_RANGE_SPREADS * spread
+    if score_units:
+        center, scale = float(fusion["local_center"]), float(fusion["local_scale"])
+        total = sum(float(fusion.get(f"{p}_weight", 0.0)) for p in MAP_COMPONENTS)
+        offset = float(fusion.get("offset", 0.0))
+        lo, hi = (total * float(signed_log1p(torch.tensor((v - center) / scale))) - offset for v in (lo, hi))
+    return {"map_range": json.dumps([lo, hi])}
 
 
 def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
@@ -53,9 +68,9 @@ def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
     if cfg.is_local:
         local = {"image_height": str(cfg.image_height), "outputs": f"{OUTPUT_NAME},{MAP_NAME}",
                  "map_stride": str(bundle["local"]["map_stride"]),
-                 "map_meaning": "per-location fused anomaly evidence (standardised on held-out normals; > 0 = "
-                                "less typical than the median normal location); the score rises with its peak"}
-        local.update(map_colour_range(bundle.get("fusion") or {}))
+                 "map_units": cfg.map_units, "map_meaning": MAP_MEANINGS[cfg.map_units]}
+        score_units = cfg.map_units == "logit" and cfg.local_aggregate == "fused"  # LocalScorer.scores_map
+        local.update(map_colour_range(bundle.get("fusion") or {}, score_units))
     return {
         "icsscan_version": __version__,
         "icsscan_format": "1",

@@ -33,14 +33,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import PatchFeatures
+from .config import LOCAL_COMPONENTS, MAP_COMPONENTS
 from .tracing import onnx_runtime
 from .knn import greedy_coreset, knn_distance, leave_own_image_out_distance, mark_atypical, nearest_bank_distance
 from .models import FusionBuffers
 from .synthetic import synthetic_defects
 from .train import ICSHead, train_ics_head
 
-LOCAL_COMPONENTS = ("knn", "pics", "gknn")
-MAP_COMPONENTS = ("knn", "pics")  # the ones with a value per location
 SPLIT_PATCHES = 30_000  # normal patches split into typical / atypical and used to train the ICS head
 SYNTHETIC_SPLIT_IMAGES = 150  # training images given synthetic defects for the atypical side (patch_split synthetic)
 SYNTHETIC_DEFECTS_PER_IMAGE = 3  # on each of them: the backbone pass costs the same, the head sees 3× the variety
@@ -82,9 +81,11 @@ class LocalScorer(FusionBuffers):
 
     def __init__(self, channels: int, bank_size: int, n_train: int, parts: tuple[str, ...],
                  fusion: dict[str, float] | None = None, pretrained: bool = True, aggregate: str = "fused",
-                 heads: int = 1, pool: int = 1, pad: int = 0, normalise: bool = False, smoothing: float = 0.0):
+                 heads: int = 1, pool: int = 1, pad: int = 0, normalise: bool = False, smoothing: float = 0.0,
+                 map_units: str = "local"):
         super().__init__()
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
+        self.map_units = map_units
         self.smoothing = float(smoothing)
         if self.smoothing > 0:  # a constant of the graph, rebuilt from the config (not saved: older bundles load)
             radius = max(1, math.ceil(3 * self.smoothing))
@@ -177,10 +178,28 @@ class LocalScorer(FusionBuffers):
             return z + self.weighted_sum(values, [p for p in self.parts if p not in local])
         return self.weighted_sum(values, self.parts)
 
-    def output_map(self, heat: torch.Tensor) -> torch.Tensor:
+    def output_map(self, heat: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The map the model outputs: the fused map blurred (`blurred`), its sides calibrated again on the blurred
-        maps of held-out normals (map_edge_*: fusion.calibrate_output_map); the fused map itself without a blur."""
-        return self.edges_calibrated(self.blurred(heat), "map_edge") if self.smoothing else heat
+        maps of held-out normals (map_edge_*: fusion.calibrate_output_map); the fused map itself without a blur.
+        Then, with map_units "logit" (`in_score_units`), in the score's units."""
+        m = self.edges_calibrated(self.blurred(heat), "map_edge") if self.smoothing else heat
+        return self.in_score_units(m, values) if self.scores_map() else m
+
+    def scores_map(self) -> bool:
+        """Whether the output map is in the score's units: map_units "logit" and the fused aggregate (the map's
+        top-k has its own centre and spread only then)."""
+        return self.map_units == "logit" and self.aggregate == "fused"
+
+    def in_score_units(self, m: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each cell: the score's logit (z − offset) the image would get were the cell's level its top-k level, i.e.
+        the local term of `fused_logit` per cell plus the image's global terms. 0 is the threshold 0.5. Why: pixel
+        metrics and a person compare maps across images, and a map of local evidence alone rated an image that is
+        off as a whole (magnetic_tile's uneven tiles: 71 % of its defect pixels) as normal everywhere (pixel
+        AUROC 0.700 → 0.841; benchmarks/industrial.md). Monotone within an image: peaks stay where they were."""
+        local = [p for p in MAP_COMPONENTS if p in self.parts]
+        total = sum(getattr(self, f"{p}_weight") for p in local)
+        image = self.weighted_sum(values, [p for p in self.parts if p not in local])
+        return total * self.standardised("local", m) + torch.as_tensor(image).reshape(-1, 1, 1) - self.offset
 
     def blurred(self, heat: torch.Tensor) -> torch.Tensor:
         """The map (N, h, w) blurred by a Gaussian of σ = `smoothing` cells (separable; edges replicated).
@@ -202,7 +221,7 @@ class LocalScorer(FusionBuffers):
         if heat is None:  # a purely global score still ships a (flat) map, so every local model has the same outputs
             h, w = math.ceil(x.shape[-2] / self.features.stride), math.ceil(x.shape[-1] / self.features.stride)
             return score, (z - self.offset)[:, None, None].expand(-1, h, w)
-        return score, self.output_map(heat)
+        return score, self.output_map(heat, values)
 
 
 EDGES = 4  # top, bottom, left, right; index 4 = the interior
@@ -362,7 +381,7 @@ def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | No
     scorer = LocalScorer(images.channels, 1, len(images), parts, aggregate=cfg.local_aggregate,
                          heads=cfg.patch_heads if "pics" in parts else 1, pool=cfg.patch_pool,
                          pad=cfg.patch_pad, normalise=cfg.normalise_brightness,
-                         smoothing=cfg.map_smoothing).to(device).eval()
+                         smoothing=cfg.map_smoothing, map_units=cfg.map_units).to(device).eval()
     if cfg.normalise_brightness:
         scorer.features.level.copy_(typical_brightness(images))
     members = head_members(scorer.head)

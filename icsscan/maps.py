@@ -1,7 +1,8 @@
 """Anomaly maps for people: where a map peaks in the original image, and heat-map overlays as PNG.
 
-Pillow and NumPy only (no torch): `scan` draws these. A map value is standardised evidence (0 = as typical as
-the median normal location, higher = less typical). The colour scale is the model's own `map_range` (ONNX
+Pillow and NumPy only (no torch): `scan` draws these. A map value is in the score's log-odds (metadata map_units
+"logit": 0 = the default threshold, higher = more abnormal) or, in bundles before it, standardised local evidence
+(0 = as typical as the median normal location, higher = less typical). The colour scale is the model's own `map_range` (ONNX
 metadata: [lo, hi], lo = the level of normal parts, hi = clearly abnormal) when it has one, else MAP_RANGE; it
 is the same in every image a model scans, so a colour means the same everywhere.
 """

@@ -516,8 +516,21 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     x = to_channels(load_images(files, (W, H)).images, 1)
     _, onnx_maps = model.session.run(None, {"pixels": x})
     np.testing.assert_allclose(onnx_maps, det.anomaly_maps(files), atol=1e-4)
-    assert model.map_range == pytest.approx((det.fusion_["map_center"],
-                                             det.fusion_["map_center"] + 4 * det.fusion_["map_scale"]))
+    # the map is in the score's logit (map_units "logit"): the blurred map's typical peak and 4 spreads above it,
+    # carried into those units through the local term (patch_knn's weight; no global evidence for a typical image)
+    f = det.fusion_
+    level = lambda v: f["knn_weight"] * np.sign(v) * np.log1p(abs(v)) - f["offset"]  # noqa: E731
+    lo, hi = ((v - f["local_center"]) / f["local_scale"] for v in (f["map_center"], f["map_center"] + 4 * f["map_scale"]))
+    assert model.map_range == pytest.approx((level(lo), level(hi)), rel=1e-6)
+    # a bundle written before map_units keeps its map of local evidence: same peaks, other units
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    del meta["config"]["map_units"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    old = ICSDetector.load(tmp_path / "m", device="cpu")
+    assert old.config_.map_units == "local" and old.scorer_.map_units == "local"
+    old_maps, new_maps = old.anomaly_maps(files), back.anomaly_maps(files)
+    assert not np.allclose(old_maps, new_maps)
+    np.testing.assert_array_equal(old_maps.reshape(6, -1).argmax(1), new_maps.reshape(6, -1).argmax(1))
 
 
 def test_map_smoothing_blurs_the_map_and_leaves_the_score():
@@ -543,3 +556,34 @@ def test_map_smoothing_blurs_the_map_and_leaves_the_score():
     want = np.stack([gaussian_filter(h.double().numpy(), 2.0, mode="nearest", truncate=3.0) for h in heat])
     np.testing.assert_allclose(m1.numpy(), want, atol=1e-5)
     assert float(m1.std()) < float(m0.std())
+
+
+def test_map_in_score_units_is_the_score_logit_per_cell():
+    """map_units "logit" (the default): each cell is the score's logit were its level the image's top-k level —
+    the local term per cell plus the image's global terms minus the offset; so the map's top-k is the score's
+    logit when the local term is linear there, and the map's ranking within an image is that of the fused map."""
+    from icsscan.local import LocalScorer, top_k_mean
+
+    torch.manual_seed(0)
+    fusion = {"knn_weight": 0.5, "pics_weight": 0.25, "gknn_weight": 0.25, "gknn_center": 3.0, "gknn_scale": 2.0,
+              "local_center": 0.1, "local_scale": 0.4, "offset": 0.7}
+    kinds = {u: LocalScorer(1, 64, 8, ("knn", "pics", "gknn"), fusion, pretrained=False, aggregate="fused",
+                            map_units=u).eval() for u in ("local", "logit")}
+    with torch.no_grad():
+        kinds["local"].bank.normal_()
+        kinds["local"].train_embeddings.normal_()
+    kinds["logit"].load_state_dict(kinds["local"].state_dict())
+    x = torch.rand(3, 1, 96, 128)
+    with torch.no_grad():
+        (s0, heat), (s1, m) = kinds["local"](x), kinds["logit"](x)
+        values, _ = kinds["logit"].components(x)
+    torch.testing.assert_close(s0, s1)  # the score does not change with the map's units
+    g = kinds["logit"].standardised("gknn", values["gknn"])
+    z = (heat - 0.1) / 0.4
+    want = 0.75 * torch.sign(z) * torch.log1p(z.abs()) + 0.25 * g[:, None, None] - 0.7
+    torch.testing.assert_close(m, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(m.flatten(1).argmax(1), heat.flatten(1).argmax(1))  # peaks where they were
+    # the score reads the top-k mean of the fused map, never above its peak: the map's peak is ≥ the score's logit
+    logit = torch.log(s1 / (1 - s1))
+    assert torch.all(m.flatten(1).max(1).values >= logit - 1e-5)
+    assert torch.all(top_k_mean(heat) <= heat.flatten(1).max(1).values)
