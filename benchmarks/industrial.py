@@ -62,6 +62,7 @@ VARIANTS = {
     "without border padding": {"patch_pad": 0},
     "without edge calibration": {"edge_calibration": False},
     "without the ICS head on patches (knn+gknn)": {"score": "knn+gknn"},
+    "memory bank of 1,024 patches": {"bank_size": 1024},
 }
 CACHE = HERE / ".cache" / "industrial"  # the default's test scores per set, for the contamination part's 0 % row
 DEFAULT = "icsscan default"
@@ -370,6 +371,11 @@ Working size, tried and not adopted (2026-12-04, magnetic_tile, seed 0, library 
 images have no common size (aspect 0.44-2.34; the most common shape, 218x273, is 2 of 200 sampled), so the default
 works at that shape's 224x272. The median width and height instead (working size 272x320): AUC 0.908; a long side
 of 224 (176x224): 0.936; default 0.945. More pixels did not help these tiles; the size rule stays.
+Memory bank of 1,024 patches (2026-12-04, library fits, seed 0, 1 thread): AUC casting 0.9957, deeppcb 0.9751,
+magnetic_tile 0.9421 (default 2,048: 0.9962 / 0.9724 / 0.9449); mean equal (0.9710 vs 0.9712), worst set 0.003
+lower. The graph (onnxruntime, batch 8, 64 casting images, the cached default model's bank cut to its first 1,024
+coreset rows): 29.2 → 34.7 images/s at 1 thread; at 2 threads 57.9 vs 50.8 (noise on this box larger than the
+gain). Not adopted: the worst set decides, and it does not bring scan --maps to 50 images/s.
 Map units (config map_units, chosen 2026-12-04 on the cached default models' maps of the test sets, library,
 seed 0; then through the CLI above). The fused map of local evidence alone (map_units local) gave magnetic_tile
 pixel AUROC / AUPRO 0.700 / 0.732: its "uneven" tiles hold 71 % of its defect pixels (masks cover ~24 % of such a

@@ -87,14 +87,23 @@ def metadata(det) -> dict[str, Any]:
         "embedding": embedding_metadata(det),
         "n_train_files": det.n_train_,
         "n_calibration_files": det.n_calibration_,
-        "n_unreadable_files": len(det.failures_),
-        "train_files_hash": hash_strings(det.train_paths_),
+        **training_files(det),
         "n_atypical": int(det.split_["atypical"].sum()) if det.split_ else None,
         "threshold": det.threshold_,
         "fusion": fusion_dict(det),
         "timings": det.timings_,
         "versions": versions(),
     }
+
+
+def training_files(det) -> dict[str, Any]:
+    """How many training files were unreadable and the hash of the list that trained: from the fit, or — for a
+    loaded detector, which keeps only the hash (load sets the lists to None) — what its config.json recorded, so
+    a loaded model saves again."""
+    if det.train_paths_ is None:
+        loaded = getattr(det, "metadata_", None) or {}
+        return {"n_unreadable_files": loaded.get("n_unreadable_files"), "train_files_hash": loaded.get("train_files_hash")}
+    return {"n_unreadable_files": len(det.failures_), "train_files_hash": hash_strings(det.train_paths_)}
 
 
 def embedding_metadata(det) -> dict[str, Any] | None:

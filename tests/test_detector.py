@@ -96,3 +96,8 @@ def test_the_same_attributes_after_fit_and_after_load(tmp_path):
     xt = x[:20]
     np.testing.assert_allclose(back.score_samples(xt), det.score_samples(xt), atol=1e-6)
     assert not hasattr(clone(det), "scorer_")
+    # a loaded model saves again, split.csv and the training-file hash included
+    again = ICSDetector.load(back.save(tmp_path / "again"), device="cpu")
+    np.testing.assert_allclose(again.score_samples(xt), det.score_samples(xt), atol=1e-6)
+    assert again.metadata_["train_files_hash"] == back.metadata_["train_files_hash"] is not None
+    assert (tmp_path / "again" / "split.csv").read_text() == (tmp_path / "m" / "split.csv").read_text()

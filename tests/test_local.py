@@ -197,12 +197,15 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
     assert np.abs(heat - want_map.numpy()).max() <= 1e-4
     np.testing.assert_allclose(det.anomaly_maps(files), want_map.numpy(), atol=1e-5)
     # the overlays' colour scale travels with the graph: lo = the fused map's level in a typical normal image's
-    # hottest region, hi = 4 of its robust spreads above; the synthetic defects' peaks stand above lo
+    # hottest region, hi = 4 of its robust spreads above, both in the score's logit (map_units "logit": the top-k
+    # centre is 0 before the offset, 4 spreads are log(5) through the signed log, times the local weights);
+    # the synthetic defects' peaks stand above lo
     from icsscan.scan import load_model
 
     lo, hi = load_model(local_model).map_range
     fusion = json.loads((local_model / "config.json").read_text())["fusion"]
-    assert (lo, hi) == pytest.approx((fusion["local_center"], fusion["local_center"] + 4 * fusion["local_scale"]))
+    local_weight = sum(fusion.get(f"{p}_weight", 0.0) for p in ("knn", "pics"))
+    assert (lo, hi) == pytest.approx((-fusion["offset"], local_weight * np.log(5) - fusion["offset"]))
     all_files = find_images(parts["root"] / "test")
     peaks = det.anomaly_maps(all_files).reshape(len(all_files), -1).max(1)
     defective = np.array([parts["labels"][Path(f).name] for f in all_files]) == 1
@@ -508,6 +511,12 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     assert "map_edge_gain_0" in det.fusion_ and "map_center" in det.fusion_
     files = sorted((parts["root"] / "test").iterdir())[:6]
     np.testing.assert_allclose(back.anomaly_maps(files), det.anomaly_maps(files), atol=1e-5)
+    # a loaded model saves again (its training-file list is only a hash: the recorded one is kept)
+    again = ICSDetector.load(back.save(tmp_path / "again"), device="cpu")
+    first = json.loads((tmp_path / "m" / "config.json").read_text())
+    second = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert second["train_files_hash"] == first["train_files_hash"] and second["fusion"] == first["fusion"]
+    np.testing.assert_allclose(again.score_samples(files), det.score_samples(files), atol=1e-5)
     # the exported graph outputs the same blurred, calibrated map; the overlays' colours follow that map's level
     from icsscan.data import load_images, to_channels
     from icsscan.scan import load_model
