@@ -40,9 +40,10 @@ def test_rot_needs_the_rotation_head():
 
 @pytest.fixture(scope="module")
 def sevens_model():
-    """Default preset, few iterations, on 600 training sevens (a digit that is not rotation-symmetric)."""
+    """Default preset, few iterations, on 400 training sevens (a digit that is not rotation-symmetric): fused AUC
+    0.973 in 13 s, as with 600 sevens and 60 iterations in 22 s; components 0.953 (ssim) to 0.972 (maha)."""
     x, y = mnist("MNIST", True)
-    det = ICSDetector(iterations=60, seed=0, device="cpu", backbone="small").fit(x[y == 7][:600])
+    det = ICSDetector(iterations=40, seed=0, device="cpu", backbone="small").fit(x[y == 7][:400])
     xt, yt = mnist("MNIST", False)
     rng = np.random.default_rng(0)
     idx = np.concatenate([rng.choice(np.flatnonzero(yt == 7), 200, replace=False),
