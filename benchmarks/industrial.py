@@ -360,6 +360,11 @@ Border: "map peaks on the border" is the share of all test images whose map has 
 outermost row or column of map cells; "by chance" is the share of map cells that lie there (what a map without
 any position bias would give); "border peak off the defect" is the share of defect images with a mask whose peak
 is on the border but not on the defect (a border peak on a defect that touches the border is a correct one).
+The baseline row against the issue's own number (2026-12-04, magnetic_tile, 2 threads): our reimplementation of
+the prototype (Lite0 stages 2-3 at 224x224, 3x3 neighbour averaging, 40,000 random patches, max) gives 0.681; with
+each image's mean and spread matched to the training images' (this set's test captures are brighter) 0.758; at
+224x272 0.681. The issue reports 0.851 for its prototype on magnetic tiles; the gap is not explained here (a
+different test split or feature normalisation are candidates). The default (0.945) is above either number + 0.02.
 Border by class (2026-12-04, the cached default models' maps through the library; peaks are unchanged by
 map_units): good images' peaks on the border, against chance: magnetic_tile 0.135 (0.126), deeppcb 0.024 (0.049),
 casting 0.042 (0.102); magnetic_tile's defects: blowhole 0.026, break 0.071, crack 0.088, fray 0.094, uneven 0.049.
