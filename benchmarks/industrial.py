@@ -404,7 +404,10 @@ with its global term too. Giving the global term only to locally raised cells (t
 sigmoid(z - 1) or clamp(z, 0, 1) of the cell's standardised local level; a negative global term stays uniform)
 gave 0.793 / 0.758 / 0.766 / 0.736 (deeppcb unchanged, its gknn is gated off): an uneven region is not
 locally raised, so the uniform term is what finds it.
-The σ figures of map smoothing below are in the earlier units (map_units local).
+The σ figures of map smoothing below are in the earlier units (map_units local). In the score's units (library
+fits with map_smoothing, 2026-12-04, seed 0, 1 thread), pixel AUROC / AUPRO / border peaks: magnetic_tile σ 1
+0.849 / 0.755 / 0.131, σ 1.5 0.852 / 0.741 / 0.106 (no blur: 0.841 / 0.763 / 0.092); deeppcb σ 1 0.956 / 0.876 /
+0.062, σ 1.5 0.956 / 0.867 / 0.114 (no blur: 0.933 / 0.819 / 0.012). Still off by default: the border again.
 Map smoothing (config map_smoothing, σ of a Gaussian blur of the output map in map cells; the score is read
 before it, so image AUCs do not move), chosen 2026-12-04 on the cached default models' maps of the test sets
 (library, seed 0). Pixel AUROC / AUPRO@0.3, magnetic_tile | deeppcb: σ 0 0.700 / 0.732 | 0.931 / 0.812; σ 0.5

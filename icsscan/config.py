@@ -132,7 +132,9 @@ class ICSConfig:
                                    # magnetic_tile 0.700 / 0.732 → 0.740 / 0.745, deeppcb 0.931 / 0.812 → 0.956 /
                                    # 0.865, but map peaks on the border deeppcb 1 % → 11 % (chance 5 %), casting 5 % →
                                    # 8 %, magnetic_tile 9 % → 11 %, even with the blurred map's own edge calibration:
-                                   # not the default (benchmarks/industrial.md notes)
+                                   # not the default. With map_units logit, σ 1: magnetic_tile 0.841 / 0.763 → 0.849
+                                   # / 0.755, deeppcb 0.933 / 0.819 → 0.956 / 0.876; border peaks 9 % → 13 %, 1 % → 6 %
+                                   # (benchmarks/industrial.md notes)
     map_units: str = "logit"       # what a map cell says. logit: the image's score logit were this cell's region its
                                    # hottest (local evidence, plus the image's global evidence, minus the offset: 0 =
                                    # the threshold 0.5; a whole image that is off reads hotter everywhere). local: the
