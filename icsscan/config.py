@@ -15,6 +15,13 @@ COMPONENTS = ("ics", "ssim", "rot", "maha")
 # patches, and the global (mean-embedding) kNN distance to the training images.
 LOCAL_COMPONENTS = ("knn", "pics", "gknn")
 MAP_COMPONENTS = ("knn", "pics")  # the local components with a value per location (the map)
+
+
+def map_in_score_units(map_units: str, aggregate: str) -> bool:
+    """Whether a local model's output map is in the score's units (LocalScorer.in_score_units): map_units "logit"
+    with the fused aggregate (the fused map's top-k has its own centre and spread only then)."""
+    return map_units == "logit" and aggregate == "fused"
+
 # Whole-object components on a pretrained embedding (embed.py), beside the from-scratch ones in a global model:
 # kNN distance of the image's ImageNet EfficientNet-Lite0 embedding to the training images', and the ICS head
 # trained on those embeddings.

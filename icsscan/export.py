@@ -17,10 +17,9 @@ import torch
 
 from . import __version__
 from .tracing import trace_onnx
-from .config import MAP_COMPONENTS, ICSConfig
+from .config import MAP_COMPONENTS, ICSConfig, map_in_score_units
 from .errors import ModelError
 from .files import write_bytes_atomic
-from .models import signed_log1p
 from .runinfo import hash_json, now_iso
 
 PARITY_TOLERANCE = 1e-4
@@ -52,10 +51,11 @@ def map_colour_range(fusion: dict, score_units: bool = False) -> dict[str, str]:
         return {}
     hi = lo + MAP_RANGE_SPREADS * spread
     if score_units:
-        center, scale = float(fusion["local_center"]), float(fusion["local_scale"])
+        from .fusion import standardised
+
         total = sum(float(fusion.get(f"{p}_weight", 0.0)) for p in MAP_COMPONENTS)
-        offset = float(fusion.get("offset", 0.0))
-        lo, hi = (total * float(signed_log1p(torch.tensor((v - center) / scale))) - offset for v in (lo, hi))
+        levels = total * standardised(np.array([lo, hi]), fusion["local_center"], fusion["local_scale"])
+        lo, hi = (float(v) - float(fusion.get("offset", 0.0)) for v in levels)
     return {"map_range": json.dumps([lo, hi])}
 
 
@@ -69,8 +69,7 @@ def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
         local = {"image_height": str(cfg.image_height), "outputs": f"{OUTPUT_NAME},{MAP_NAME}",
                  "map_stride": str(bundle["local"]["map_stride"]),
                  "map_units": cfg.map_units, "map_meaning": MAP_MEANINGS[cfg.map_units]}
-        score_units = cfg.map_units == "logit" and cfg.local_aggregate == "fused"  # LocalScorer.scores_map
-        local.update(map_colour_range(bundle.get("fusion") or {}, score_units))
+        local.update(map_colour_range(bundle.get("fusion") or {}, map_in_score_units(cfg.map_units, cfg.local_aggregate)))
     return {
         "icsscan_version": __version__,
         "icsscan_format": "1",

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import PatchFeatures
-from .config import LOCAL_COMPONENTS, MAP_COMPONENTS
+from .config import LOCAL_COMPONENTS, MAP_COMPONENTS, map_in_score_units
 from .tracing import onnx_runtime
 from .knn import greedy_coreset, knn_distance, leave_own_image_out_distance, mark_atypical, nearest_bank_distance
 from .models import FusionBuffers
@@ -86,6 +86,7 @@ class LocalScorer(FusionBuffers):
         super().__init__()
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
         self.map_units = map_units
+        self.map_parts = tuple(p for p in MAP_COMPONENTS if p in parts)  # the components with a value per location
         self.smoothing = float(smoothing)
         if self.smoothing > 0:  # a constant of the graph, rebuilt from the config (not saved: older bundles load)
             radius = max(1, math.ceil(3 * self.smoothing))
@@ -151,11 +152,10 @@ class LocalScorer(FusionBuffers):
 
     def heat(self, maps: dict[str, torch.Tensor], calibrated: bool = True) -> torch.Tensor | None:
         """The local components fused per location (N, h, w), in the image score's units; None if there are none."""
-        local = [p for p in MAP_COMPONENTS if p in self.parts]
-        if not local:
+        if not self.map_parts:
             return None
-        total = sum(getattr(self, f"{p}_weight") for p in local).clamp_min(1e-12)  # all weighted 0: a flat 0 map
-        heat = self.weighted_sum(maps, local) / total
+        total = self.map_weight().clamp_min(1e-12)  # all weighted 0: a flat 0 map
+        heat = self.weighted_sum(maps, self.map_parts) / total
         return self.edges_calibrated(heat) if calibrated else heat
 
     def edges_calibrated(self, heat: torch.Tensor, prefix: str = "edge") -> torch.Tensor:
@@ -171,12 +171,22 @@ class LocalScorer(FusionBuffers):
         components enter as one: the top-k of their fused map, with their summed weight. Why: a location counts
         when knn *and* pics see it; with "separate" pics firing on an ordinary structure of a normal part and
         knn on another place of it add up (casting, knn+pics: 0.96-0.98 separate, 0.98-0.99 fused; industrial.md)."""
-        local = [p for p in MAP_COMPONENTS if p in self.parts]
         if self.aggregate == "fused" and heat is not None:
-            total = sum(getattr(self, f"{p}_weight") for p in local)
-            z = total * self.standardised("local", top_k_mean(heat))
-            return z + self.weighted_sum(values, [p for p in self.parts if p not in local])
+            return self.local_term(top_k_mean(heat)) + self.image_terms(values)
         return self.weighted_sum(values, self.parts)
+
+    def map_weight(self) -> torch.Tensor:
+        """The summed weight of the components with a map (they enter the fused score as one)."""
+        return sum(getattr(self, f"{p}_weight") for p in self.map_parts)
+
+    def local_term(self, level: torch.Tensor) -> torch.Tensor:
+        """The fused map's share of the logit at a given level of it (aggregate "fused"): the image's top-k level
+        in `fused_logit`, each cell's in `in_score_units`."""
+        return self.map_weight() * self.standardised("local", level)
+
+    def image_terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted, standardised components without a map (gknn): one value per image."""
+        return self.weighted_sum(values, [p for p in self.parts if p not in self.map_parts])
 
     def output_map(self, heat: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The map the model outputs: the fused map blurred (`blurred`), its sides calibrated again on the blurred
@@ -186,9 +196,7 @@ class LocalScorer(FusionBuffers):
         return self.in_score_units(m, values) if self.scores_map() else m
 
     def scores_map(self) -> bool:
-        """Whether the output map is in the score's units: map_units "logit" and the fused aggregate (the map's
-        top-k has its own centre and spread only then)."""
-        return self.map_units == "logit" and self.aggregate == "fused"
+        return map_in_score_units(self.map_units, self.aggregate)
 
     def in_score_units(self, m: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each cell: the score's logit (z − offset) the image would get were the cell's level its top-k level, i.e.
@@ -196,10 +204,7 @@ class LocalScorer(FusionBuffers):
         metrics and a person compare maps across images, and a map of local evidence alone rated an image that is
         off as a whole (magnetic_tile's uneven tiles: 71 % of its defect pixels) as normal everywhere (pixel
         AUROC 0.700 → 0.841; benchmarks/industrial.md). Monotone within an image: peaks stay where they were."""
-        local = [p for p in MAP_COMPONENTS if p in self.parts]
-        total = sum(getattr(self, f"{p}_weight") for p in local)
-        image = self.weighted_sum(values, [p for p in self.parts if p not in local])
-        return total * self.standardised("local", m) + torch.as_tensor(image).reshape(-1, 1, 1) - self.offset
+        return self.local_term(m) + torch.as_tensor(self.image_terms(values)).reshape(-1, 1, 1) - self.offset
 
     def blurred(self, heat: torch.Tensor) -> torch.Tensor:
         """The map (N, h, w) blurred by a Gaussian of σ = `smoothing` cells (separable; edges replicated).
