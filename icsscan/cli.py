@@ -288,8 +288,10 @@ def scan(
     copy_flagged: Annotated[bool, typer.Option("--copy-flagged", help="Copy flagged images into REPORT/anomalous/.")] = False,
     formats: Annotated[str, typer.Option("--format", help="Comma list of csv, json, junit (csv and json always).")] = "csv,json",
     html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
-    maps: Annotated[bool, typer.Option("--maps", help="Local models: write an overlay PNG (image | heat map) of "
-                                       "every flagged image into REPORT/maps/.")] = False,
+    maps: Annotated[bool, typer.Option("--maps", help="Local models: write an overlay (image | heat map, at the "
+                                       "image's own size) of every flagged image into REPORT/maps/.")] = False,
+    map_format: Annotated[str, typer.Option(help="With --maps: jpg (quality 92; fast, small) or png "
+                                            "(lossless).")] = "jpg",
     raw_maps: Annotated[bool, typer.Option("--raw-maps", help="Local models: keep every scored image's raw anomaly "
                                            "map as float16 .npy at the model's map resolution in REPORT/raw_maps/, "
                                            "with index.csv (image path, score, original width and height).")] = False,
@@ -315,6 +317,10 @@ def scan(
             raise UsageError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; use csv, json, junit")
         if engine not in ("local", "ray"):
             raise UsageError(f"--engine {engine}: use local or ray")
+        from .maps import OVERLAY_FORMATS
+
+        if map_format not in OVERLAY_FORMATS:
+            raise UsageError(f"--map-format {map_format}: use {' or '.join(OVERLAY_FORMATS)}")
         if engine == "local" and (ray_address or actors is not None):
             raise UsageError("--ray-address and --actors need --engine ray")
         if engine == "ray" and resume:
@@ -351,7 +357,7 @@ def scan(
                 else:
                     result = scan_folder(folder, loaded_model, threshold, false_alarm_rate, batch_size, workers,
                                          on_progress, done=partial.done, on_rows=partial.add, maps_dir=maps_tmp,
-                                         raw_maps_dir=raw_tmp)
+                                         raw_maps_dir=raw_tmp, map_format=map_format)
             report_dir = prepare_out_dir(out, force=True)
             if maps_tmp is not None:
                 install_maps(maps_tmp, report_dir / "maps")

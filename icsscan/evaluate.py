@@ -236,7 +236,7 @@ def draw_overlay(item: Item, anomaly_map: np.ndarray | None, target: Path, map_r
     """image | map over it | ground truth (when there is a mask) at OVERLAY_SIDE px; False if it cannot be drawn."""
     from PIL import Image
 
-    from .maps import save_png, side_by_side
+    from .maps import save_picture, side_by_side
 
     try:
         w, h = original_size(item.path)
@@ -250,7 +250,7 @@ def draw_overlay(item: Item, anomaly_map: np.ndarray | None, target: Path, map_r
             wide.paste(canvas, (0, 0))
             wide.paste(truth, (canvas.width + 4, 0))
             canvas = wide
-        save_png(canvas, target)
+        save_picture(canvas, target)
         return True
     except Exception:  # noqa: BLE001 - a missing picture must never fail the evaluation
         return False

@@ -1,4 +1,4 @@
-"""Anomaly maps for people: where a map peaks in the original image, and heat-map overlays as PNG.
+"""Anomaly maps for people: where a map peaks in the original image, and heat-map overlays as JPEG or PNG.
 
 Pillow and NumPy only (no torch): `scan` draws these. A map value is in the score's log-odds (metadata map_units
 "logit": 0 = the default threshold, higher = more abnormal) or, in bundles before it, standardised local evidence
@@ -112,8 +112,21 @@ def side_by_side(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[floa
     return canvas
 
 
-def save_png(img: Image.Image, path: Path) -> None:
-    """Write a PNG (to a temporary name, then renamed: a reader never sees half a file)."""
+OVERLAY_FORMATS = ("jpg", "png")  # scan --map-format
+JPEG_QUALITY = 92
+
+
+def save_picture(img: Image.Image, path: Path) -> None:
+    """Write a JPEG (suffix .jpg/.jpeg) or a PNG (any other suffix), to a temporary name, then renamed: a reader
+    never sees half a file.
+
+    Why JPEG for scan --maps: one overlay per flagged image, and a PNG of a 300-px photo pair took ~13 ms to encode
+    (zlib level 1) against ~1 ms as JPEG at quality 92, with files a third the size; on casting's 715 test images
+    (~450 flagged) scan --maps ran at 42 images/s with PNG overlays and 47-51 with JPEG (README "Speed").
+    PNG stays available (--map-format png) where the overlay must be lossless."""
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG", compress_level=1)  # fast: a scan may write thousands; files ~1.5x larger
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        img.convert("RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        img.save(tmp, format="PNG", compress_level=1)  # fast: a scan may write thousands; files ~1.5x larger
     tmp.replace(path)

@@ -239,19 +239,26 @@ def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, wo
 
 class MapKeeper:
     """During a scan of a local model: keeps the maps of the `keep` highest-scoring images (for the HTML
-    report's overlays; bounded memory however large the folder) and writes an overlay PNG for every flagged
-    image into `maps_dir` (scan --maps), named by a running number so that names never collide.
+    report's overlays; bounded memory however large the folder) and writes an overlay (JPEG, or PNG with
+    map_format "png") for every flagged image into `maps_dir` (scan --maps), named by a running number so that
+    names never collide.
 
-    The PNGs are drawn and encoded in a background thread (Pillow and NumPy release the GIL there) while the next
+    The overlays are drawn and encoded in a background thread (Pillow and NumPy release the GIL there) while the next
     batch runs: ~10 ms per flagged image that would otherwise stall inference (casting test set, 496 overlays:
     4.6 s of a 20 s scan). At most MAX_PENDING wait; `close()` waits for the rest and raises the first failure."""
 
     MAX_PENDING = 16
 
     def __init__(self, threshold: float, keep: int = 24, maps_dir: Path | None = None,
-                 map_range: tuple[float, float] | None = None):
+                 map_range: tuple[float, float] | None = None, map_format: str = "jpg"):
         import heapq
         from collections import deque
+
+        from .maps import OVERLAY_FORMATS
+
+        if map_format not in OVERLAY_FORMATS:
+            raise UsageError(f"--map-format {map_format}: use {' or '.join(OVERLAY_FORMATS)}")
+        self.suffix = f".{map_format}"
 
         self._heapq, self.threshold, self.keep, self.maps_dir = heapq, threshold, keep, maps_dir
         self.map_range = map_range  # the model's colour range (None: maps.MAP_RANGE)
@@ -270,7 +277,7 @@ class MapKeeper:
             self._heapq.heapreplace(self.top, entry)
         if self._writer is not None and row.score >= self.threshold:
             stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(row.path).stem)[:80] or "image"
-            name = f"{self._seq:06d}_{stem}.png"
+            name = f"{self._seq:06d}_{stem}{self.suffix}"
             future = self._writer.submit(write_overlay, row.path, rgb, anomaly_map.copy(), self.maps_dir / name,
                                          self.map_range)
             self._pending.append((row.path, name, future))
@@ -307,13 +314,13 @@ def write_overlay(source: str, rgb: np.ndarray, anomaly_map: np.ndarray, path: P
     orientation and modes as in scanning; a long side above MAX_OVERLAY_SIDE is downscaled to it). When the
     original cannot be read again (deleted or changed since it was scored), the decoded pixels `rgb` (the
     model's working size) stand in: an overlay never fails for that."""
-    from .maps import save_png, side_by_side
+    from .maps import save_picture, side_by_side
 
     try:
         pixels = original_pixels(source)
     except Exception:  # noqa: BLE001 - DecodeError, or anything a changed file raises: the decoded pixels will do
         pixels = rgb
-    save_png(side_by_side(pixels, anomaly_map, map_range), path)
+    save_picture(side_by_side(pixels, anomaly_map, map_range), path)
 
 
 def original_pixels(path: str, max_side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
@@ -393,13 +400,13 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
                 workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
                 done: dict[str, Row] | None = None, on_rows: Callable[[list[Row]], None] | None = None,
                 maps_dir: str | os.PathLike | None = None, keep_maps: int = 24,
-                raw_maps_dir: str | os.PathLike | None = None) -> ScanResult:
+                raw_maps_dir: str | os.PathLike | None = None, map_format: str = "jpg") -> ScanResult:
     """Score every image file under `folder`; returns all rows (unreadable files have score None).
 
     `done`: rows of an earlier, interrupted scan by path (those files are not scored again); `on_rows` gets
     each finished batch's rows (`resume.PartialWriter.add`). Local models: rows carry the map's peak; the maps
-    of the `keep_maps` top images come back in `maps`, and with `maps_dir` an overlay PNG of every flagged
-    image is written there; with `raw_maps_dir` every scored image's map as float16 .npy (rawmaps.RawMapWriter).
+    of the `keep_maps` top images come back in `maps`, and with `maps_dir` an overlay of every flagged image is
+    written there (JPEG, or PNG with map_format "png"); with `raw_maps_dir` every scored image's map as float16 .npy (rawmaps.RawMapWriter).
     """
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
@@ -423,7 +430,8 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     if model.has_map:
         if maps_dir is not None:
             Path(maps_dir).mkdir(parents=True, exist_ok=True)
-        keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None, model.map_range)
+        keeper = MapKeeper(thr, keep_maps, Path(maps_dir) if maps_dir is not None else None, model.map_range,
+                           map_format)
     raw = None
     if model.has_map and raw_maps_dir is not None:
         from .rawmaps import RawMapWriter

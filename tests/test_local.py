@@ -229,10 +229,10 @@ def test_scan_finds_the_defects_and_where_they_are(local_model, parts, tmp_path)
             for row, n in zip(rows, names) if n in parts["centres"] and row["is_anomaly"] == "true"]
     dists = [(n, row["peak_x"], row["peak_y"], parts["centres"][n]) for row, n in zip(rows, names) if n in parts["centres"]]
     assert len(hits) >= 6 and np.mean(hits) >= 0.8, dists
-    overlays = sorted((report / "maps").glob("*.png"))
+    overlays = sorted((report / "maps").glob("*.jpg"))  # JPEG by default (--map-format png: lossless)
     assert len(overlays) == sum(row["is_anomaly"] == "true" for row in rows) > 0
     with Image.open(overlays[0]) as im:
-        assert im.size == (2 * W + 4, H)  # original | overlay
+        assert im.size == (2 * W + 4, H) and im.format == "JPEG"  # original | overlay
     page = (report / "report.html").read_text(encoding="utf-8")
     heat = re.findall(r'src="(thumbs/\d{6}_map\.png)"', page)
     assert len(heat) == min(24, len(rows)) and all((report / h).is_file() for h in heat)
@@ -243,6 +243,10 @@ def test_scan_finds_the_defects_and_where_they_are(local_model, parts, tmp_path)
 def test_maps_flag_refused_for_a_global_model(tiny_bundle, parts, tmp_path):
     r = run_cli("scan", parts["root"] / "test", "--model", tiny_bundle, "--out", tmp_path / "r", "--maps")
     assert r.returncode == 2 and "--maps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("scan", parts["root"] / "test", "--model", tiny_bundle, "--out", tmp_path / "r", "--maps",
+                "--map-format", "gif")
+    assert r.returncode == 2 and "--map-format gif: use jpg or png" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_auto_backbone_and_score_follow_the_images():

@@ -443,6 +443,11 @@ def test_overlay_written_on_the_original_at_its_own_size(tmp_path):
         assert im.size == (2 * 500 + 4, 300)
         left = np.asarray(im.convert("RGB"))[:, :500]
     assert np.all(left == 90)  # the left half is the original's own pixels
+    write_overlay(str(src), decoded, m, tmp_path / "o.jpg")  # scan --maps' default format: JPEG by the suffix
+    with Image.open(tmp_path / "o.jpg") as im:
+        assert im.format == "JPEG" and im.size == (2 * 500 + 4, 300)
+        left = np.asarray(im.convert("RGB"))[:, :500].astype(int)
+    assert np.abs(left - 90).max() <= 2  # quality 92: a flat original stays flat
     turned = tmp_path / "turned.jpg"  # stored 400 x 200, EXIF orientation 6: shown 200 wide, 400 high
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -462,10 +467,11 @@ def test_overlay_written_on_the_original_at_its_own_size(tmp_path):
 
 
 def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
-    """scan --maps: one complete PNG per flagged image (drawn in a writer thread), the top maps kept, and a
-    write that fails is raised by close(), not lost."""
+    """scan --maps: one complete overlay per flagged image (drawn in a writer thread; JPEG by default, PNG with
+    map_format "png"), the top maps kept, and a write that fails is raised by close(), not lost."""
     from PIL import Image
 
+    from icsscan.errors import UsageError
     from icsscan.scan import MapKeeper, Row
 
     rng = np.random.default_rng(0)
@@ -476,12 +482,21 @@ def test_map_keeper_writes_every_flagged_overlay_in_the_background(tmp_path):
                rng.normal(size=(4, 5)).astype(np.float32))
     keeper.close()
     flagged = {f"/in/img_{k}.png" for k, s in enumerate(scores) if s >= 0.5}
-    assert set(keeper.written) == flagged and len(list(tmp_path.glob("*.png"))) == len(flagged)
+    assert set(keeper.written) == flagged and len(list(tmp_path.glob("*.jpg"))) == len(flagged)
     for name in keeper.written.values():
         with Image.open(tmp_path / name) as im:
-            assert im.size == (2 * 40 + 4, 30)
+            assert im.size == (2 * 40 + 4, 30) and im.format == "JPEG"
             im.load()
     assert set(keeper.maps()) == {f"/in/img_{k}.png" for k in np.argsort(scores)[-3:]}
+    lossless = MapKeeper(threshold=0.0, keep=1, maps_dir=tmp_path / "png", map_format="png")
+    (tmp_path / "png").mkdir()
+    rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    lossless(Row("/in/a.png", 0.9), rgb, rng.normal(size=(4, 5)).astype(np.float32))
+    lossless.close()
+    with Image.open(tmp_path / "png" / lossless.written["/in/a.png"]) as im:
+        assert im.format == "PNG" and np.array_equal(np.asarray(im.convert("RGB"))[:, :40], rgb)  # lossless
+    with pytest.raises(UsageError, match="--map-format"):
+        MapKeeper(threshold=0.5, map_format="gif")
 
     broken = MapKeeper(threshold=0.0, keep=1, maps_dir=tmp_path / "gone")  # the folder does not exist
     broken(Row("/in/a.png", 0.9), np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2), np.float32))
