@@ -386,6 +386,19 @@ magnetic_tile 0.9421 (default 2,048: 0.9962 / 0.9724 / 0.9449); mean equal (0.97
 lower. The graph (onnxruntime, batch 8, 64 casting images, the cached default model's bank cut to its first 1,024
 coreset rows): 29.2 → 34.7 images/s at 1 thread; at 2 threads 57.9 vs 50.8 (noise on this box larger than the
 gain). Not adopted: the worst set decides, and it does not bring scan --maps to 50 images/s.
+Larger memory banks on the worst set (2026-12-04 evening, magnetic_tile, library fits, seed 0, 1 thread): 1,024 /
+2,048 (default) / 4,096 / 8,192 patches give AUC 0.9421 / 0.9449 / 0.9457 / 0.9490 (train 59 s at 4,096, 65 s at
+8,192). The bank's kNN is a third of the scan's graph at 2,048 (ORT profile, casting: MatMul 32 %, ArgMax 7 %), so
+8,192 would about halve the scan's speed for +0.004 on the worst set: the bank stays at 2,048 (--bank-size for
+parts with much normal variety).
+A regional kNN term, tried and not adopted (2026-12-04 evening, cached default models, offline): the patch
+embeddings averaged over r x r map cells (r 5 or 9, stride 1), a 2,048-row coreset bank of those from 80 % of
+the training images, standardised on the other 20 %, added to the map (and to its top-k image value) at weight
+0.33 or 0.66, with or without the global term. Image AUROC / pixel AUROC / AUPRO@0.3, magnetic_tile: default
+0.947 / 0.841 / 0.763; r9 w0.33 plus the global term 0.947 / 0.868 / 0.793; r5 w0.33 plus global 0.944 / 0.847 /
+0.784; without the global term 0.902-0.918 image AUROC. deeppcb (its global term is gated off): default 0.972 /
+0.933 / 0.819; r5 w0.33 0.953 / 0.942 / 0.828; r9 w0.33 0.937 / 0.934 / 0.799. It costs deeppcb 0.02-0.04 image
+AUROC and a second kNN in the scan, for +0.03 pixel AUROC on magnetic_tile: far from its 0.95 target.
 Map units (config map_units, chosen 2026-12-04 on the cached default models' maps of the test sets, library,
 seed 0; then through the CLI above). The fused map of local evidence alone (map_units local) gave magnetic_tile
 pixel AUROC / AUPRO 0.700 / 0.732: its "uneven" tiles hold 71 % of its defect pixels (masks cover ~24 % of such a
