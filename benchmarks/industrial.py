@@ -391,6 +391,9 @@ Larger memory banks on the worst set (2026-12-04 evening, magnetic_tile, library
 8,192). The bank's kNN is a third of the scan's graph at 2,048 (ORT profile, casting: MatMul 32 %, ArgMax 7 %), so
 8,192 would about halve the scan's speed for +0.004 on the worst set: the bank stays at 2,048 (--bank-size for
 parts with much normal variety).
+3x3 neighbour averaging of the patch features (patch_pool 3, the prototype's) on the worst set (same evening,
+library fit, seed 0, 1 thread): magnetic_tile 0.9475 vs 0.9449 without; on deeppcb it cost 0.04-0.06 (config
+patch_pool): stays off.
 A regional kNN term, tried and not adopted (2026-12-04 evening, cached default models, offline): the patch
 embeddings averaged over r x r map cells (r 5 or 9, stride 1), a 2,048-row coreset bank of those from 80 % of
 the training images, standardised on the other 20 %, added to the map (and to its top-k image value) at weight
