@@ -394,6 +394,14 @@ parts with much normal variety).
 3x3 neighbour averaging of the patch features (patch_pool 3, the prototype's) on the worst set (same evening,
 library fit, seed 0, 1 thread): magnetic_tile 0.9475 vs 0.9449 without; on deeppcb it cost 0.04-0.06 (config
 patch_pool): stays off.
+Few training images: a held-out set instead of the training images as the fusion's reference, tried and not
+adopted (2026-12-04 evening, library fits, seed 0, 1 thread, the few-shot rows' subsets). Below ~95 images no
+images are held out (10 would be needed), so the fusion and the threshold are calibrated on the training images
+themselves, whose patches the bank and the ICS head have seen. "holdout": a quarter (at least 4) held out and the
+rest fitted; "crossfit": everything fitted on all images, the fusion taken from the holdout fit. AUC now / holdout
+/ crossfit: magnetic_tile 16 images 0.723 / 0.783 / 0.750, 64 0.767 / 0.755 / 0.748; deeppcb 16 0.867 / 0.833 /
+0.818, 64 0.936 / 0.933 / 0.955; casting 16 0.978 / 0.973 / 0.963, 64 0.984 / 0.979 / 0.977. Neither is better on
+most sets and sizes (holdout gains 0.06 on the worst set at 16 and loses on 5 of the 6 others), so the rule stays.
 A regional kNN term, tried and not adopted (2026-12-04 evening, cached default models, offline): the patch
 embeddings averaged over r x r map cells (r 5 or 9, stride 1), a 2,048-row coreset bank of those from 80 % of
 the training images, standardised on the other 20 %, added to the map (and to its top-k image value) at weight

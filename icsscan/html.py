@@ -173,7 +173,7 @@ def full_overlays(out: Path, entries: list, result: ScanResult, heat: dict[int, 
                 warnings.simplefilter("ignore")
                 img = side_by_side(original_pixels(row.path), result.maps[row.path], map_range)
             with atomic_write(folder / name, "wb") as f:
-                img.save(f, format="PNG", compress_level=1)  # full size: fast rather than smallest, as scan --maps
+                img.save(f, format="PNG", compress_level=1)  # full size, lossless: at most one per card shown
             made[rank] = quote(f"{OVERLAY_DIR}/{name}")
         except Exception:  # noqa: BLE001 - a missing overlay costs a link, never the report
             continue
