@@ -317,10 +317,9 @@ def scan(
             raise UsageError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; use csv, json, junit")
         if engine not in ("local", "ray"):
             raise UsageError(f"--engine {engine}: use local or ray")
-        from .maps import OVERLAY_FORMATS
+        from .maps import overlay_suffix
 
-        if map_format not in OVERLAY_FORMATS:
-            raise UsageError(f"--map-format {map_format}: use {' or '.join(OVERLAY_FORMATS)}")
+        overlay_suffix(map_format)  # an unknown format fails here, before any work
         if engine == "local" and (ray_address or actors is not None):
             raise UsageError("--ray-address and --actors need --engine ray")
         if engine == "ray" and resume:

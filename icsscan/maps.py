@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import UsageError
+
 MAP_RANGE = (0.0, 3.0)  # colour scale without a model map_range: ≤ 0 transparent, ≥ 3 (≈ 19 robust spreads) red
 # colour anchors from cool to hot (blue → cyan → yellow → orange → red): the warm half starts early, so a region
 # half way to `hi` already reads as hot at thumbnail size
@@ -116,17 +118,24 @@ OVERLAY_FORMATS = ("jpg", "png")  # scan --map-format
 JPEG_QUALITY = 92
 
 
+def overlay_suffix(map_format: str) -> str:
+    """The file suffix of scan --maps' overlays for `map_format`; a UsageError naming the option for any other."""
+    if map_format not in OVERLAY_FORMATS:
+        raise UsageError(f"--map-format {map_format}: use {' or '.join(OVERLAY_FORMATS)}")
+    return f".{map_format}"
+
+
 def save_picture(img: Image.Image, path: Path) -> None:
     """Write a JPEG (suffix .jpg/.jpeg) or a PNG (any other suffix), to a temporary name, then renamed: a reader
     never sees half a file.
 
     Why JPEG for scan --maps: one overlay per flagged image, and a PNG of a 300-px photo pair took ~13 ms to encode
     (zlib level 1) against ~1 ms as JPEG at quality 92, with files a third the size; on casting's 715 test images
-    (~450 flagged) scan --maps ran at 42 images/s with PNG overlays and 47-51 with JPEG (README "Speed").
-    PNG stays available (--map-format png) where the overlay must be lossless."""
+    (~450 flagged) scan --maps ran at 38-39 images/s with PNG overlays and 42-47 with JPEG
+    (benchmarks/results/evaluate_speed.md). PNG stays available (--map-format png) where the overlay must be lossless."""
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        img.convert("RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        (img if img.mode == "RGB" else img.convert("RGB")).save(tmp, format="JPEG", quality=JPEG_QUALITY)
     else:
         img.save(tmp, format="PNG", compress_level=1)  # fast: a scan may write thousands; files ~1.5x larger
     tmp.replace(path)

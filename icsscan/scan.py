@@ -254,12 +254,9 @@ class MapKeeper:
         import heapq
         from collections import deque
 
-        from .maps import OVERLAY_FORMATS
+        from .maps import overlay_suffix
 
-        if map_format not in OVERLAY_FORMATS:
-            raise UsageError(f"--map-format {map_format}: use {' or '.join(OVERLAY_FORMATS)}")
-        self.suffix = f".{map_format}"
-
+        self.suffix = overlay_suffix(map_format)
         self._heapq, self.threshold, self.keep, self.maps_dir = heapq, threshold, keep, maps_dir
         self.map_range = map_range  # the model's colour range (None: maps.MAP_RANGE)
         self.top: list[tuple[float, int, str, np.ndarray]] = []  # min-heap of (score, seq, path, map)
@@ -406,7 +403,8 @@ def scan_folder(folder: str | os.PathLike, model: ScanModel | str | os.PathLike 
     `done`: rows of an earlier, interrupted scan by path (those files are not scored again); `on_rows` gets
     each finished batch's rows (`resume.PartialWriter.add`). Local models: rows carry the map's peak; the maps
     of the `keep_maps` top images come back in `maps`, and with `maps_dir` an overlay of every flagged image is
-    written there (JPEG, or PNG with map_format "png"); with `raw_maps_dir` every scored image's map as float16 .npy (rawmaps.RawMapWriter).
+    written there (JPEG, or PNG with map_format "png"); with `raw_maps_dir` every scored image's map as float16
+    .npy (rawmaps.RawMapWriter).
     """
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be ≥ 1")
