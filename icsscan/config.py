@@ -181,6 +181,12 @@ class ICSConfig:
                                    # fixed: the weights as given; synthetic: each ∝ its AUC there. Not the
                                    # default: pics is *trained* on such defects, so it scores ~1.0 there and took
                                    # 0.88 of the weight (deeppcb: 0.787 vs 0.836 equal; industrial.md)
+    ics_gate: float = 0.85         # with local_weights gated: the ICS head (pics) gets weight 0 when the patch kNN
+                                   # alone separates held-out normals from their synthetic defects with at least this
+                                   # AUC (fusion.without_redundant_head; 1 = always kept, the default before
+                                   # 2026-12-04). The kNN's AUC there: casting 0.997, magnetic_tile 0.929 (head
+                                   # dropped: 0.9962 → 0.9983, 0.9449 → 0.9555), deeppcb 0.757 (kept: 0.9724; without
+                                   # the head 0.9444). 0.85 is the middle of that gap: three sets, one bit each
     local_aggregate: str = "fused"  # fused: the image's local value is the mean of the TOP_K highest locations of the
                                    # fused heat map (knn and pics must agree on *where*); separate: each map's own
                                    # top-k, then fused (bundles before this option; casting knn+pics 0.96 → 0.98)

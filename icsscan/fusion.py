@@ -76,6 +76,25 @@ def gated_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray
     return {p: (w / total, auc, pv) for p, (w, auc, pv) in out.items()}
 
 
+def without_redundant_head(weights: dict[str, float], record: dict[str, float], limit: float) -> dict[str, float]:
+    """The weights with the ICS head's (pics) set to 0 when the patch kNN alone already tells held-out normals
+    from their synthetic local defects with AUC ≥ `limit` (record["knn_synthetic_auc"]); renormalised. Records
+    `pics_redundant` (1.0 dropped, 0.0 kept). limit ≥ 1: never dropped.
+
+    Why: the head is there to see what the nearest-neighbour distance misses. Where the kNN already sees the
+    synthetic defects, the head adds no detection, only its own false alarms on normal variety (suite, the
+    default's fits: kNN's synthetic AUC casting 0.997, magnetic_tile 0.929, deeppcb 0.757; without the head
+    0.9983 / 0.9555 / 0.9444 against 0.9962 / 0.9449 / 0.9724 with it; benchmarks/results/industrial.md)."""
+    auc = record.get("knn_synthetic_auc")
+    drop = auc is not None and auc >= limit and weights.get("pics", 0) > 0 and weights.get("knn", 0) > 0
+    record["pics_redundant"] = float(drop)
+    if not drop:
+        return weights
+    kept = {p: (0.0 if p == "pics" else w) for p, w in weights.items()}
+    total = sum(kept.values())
+    return {p: w / total for p, w in kept.items()}
+
+
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
     """Median and IQR/1.349 (the normal-consistent spread); never zero."""
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
@@ -187,6 +206,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
             weights = {p: w for p, (w, _, _) in gated.items()}
             for p, (_, auc, p_value) in gated.items():
                 fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
+            weights = without_redundant_head(weights, fusion, cfg.ics_gate)
         else:
             weights = weigh_without_labels(values, defected, weights, fusion)
     fusion.update(standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho))

@@ -87,6 +87,7 @@ class LocalScorer(FusionBuffers):
         self.channels, self.parts, self.aggregate = channels, parts, aggregate
         self.map_units = map_units
         self.map_parts = tuple(p for p in MAP_COMPONENTS if p in parts)  # the components with a value per location
+        self.silent: frozenset[str] = frozenset()  # components the fusion weighs 0: not computed (set_fusion)
         self.smoothing = float(smoothing)
         if self.smoothing > 0:  # a constant of the graph, rebuilt from the config (not saved: older bundles load)
             radius = max(1, math.ceil(3 * self.smoothing))
@@ -118,7 +119,16 @@ class LocalScorer(FusionBuffers):
 
     def set_fusion(self, fusion: dict[str, float]) -> None:
         """Write the fitted fusion's values (fusion.fit_local_fusion) into the buffers they name: scalars by
-        name, the edge calibration as edge_gain_<side> / edge_shift_<side>."""
+        name, the edge calibration as edge_gain_<side> / edge_shift_<side>. A component given weight 0 (the
+        gate's gknn, a redundant ICS head) becomes `silent`: the forward pass and the exported graph no longer
+        compute it (its term was 0; the ICS head on every location was ~5 % of a scan's arithmetic)."""
+        silent = set(self.silent)
+        for p in self.parts:  # a fusion without a part's weight (the edge calibration alone) leaves it as it was
+            if f"{p}_weight" in fusion:
+                (silent.add if float(fusion[f"{p}_weight"]) == 0.0 else silent.discard)(p)
+        if not set(self.map_parts) - silent:  # a map needs a component: with all weighed 0, compute them (flat 0)
+            silent -= set(self.map_parts)
+        self.silent = frozenset(silent)
         buffers = dict(self.named_buffers())
         with torch.no_grad():
             for key, value in fusion.items():
@@ -135,9 +145,9 @@ class LocalScorer(FusionBuffers):
         n, d, h, w = e.shape
         q = e.permute(0, 2, 3, 1).reshape(n, h * w, d)
         maps: dict[str, torch.Tensor] = {}
-        if "knn" in self.parts:
+        if self.computes("knn"):
             maps["knn"] = nearest_bank_distance(q - self.bank_mean, self.bank).view(n, h, w)
-        if "pics" in self.parts:
+        if self.computes("pics"):
             maps["pics"] = self.head(q).view(n, h, w)
         return maps, q.mean(1)
 
@@ -145,17 +155,24 @@ class LocalScorer(FusionBuffers):
         """Image-level components (N,) and the local maps they came from (exclude_self: x are training images)."""
         maps, pooled = self.component_maps(x)
         values = {p: top_k_mean(m) for p, m in maps.items()}
-        if "gknn" in self.parts:
+        if self.computes("gknn"):
             values["gknn"] = knn_distance((pooled - self.train_mean)[None], self.train_embeddings,
                                           skip_self=exclude_self)[0]
         return values, maps
+
+    def computes(self, part: str) -> bool:
+        return part in self.parts and part not in self.silent
+
+    def live(self, parts) -> list[str]:
+        """`parts` without the silent ones (their weight is 0: leaving them out changes no value)."""
+        return [p for p in parts if p not in self.silent]
 
     def heat(self, maps: dict[str, torch.Tensor], calibrated: bool = True) -> torch.Tensor | None:
         """The local components fused per location (N, h, w), in the image score's units; None if there are none."""
         if not self.map_parts:
             return None
         total = self.map_weight().clamp_min(1e-12)  # all weighted 0: a flat 0 map
-        heat = self.weighted_sum(maps, self.map_parts) / total
+        heat = self.weighted_sum(maps, self.live(self.map_parts)) / total
         return self.edges_calibrated(heat) if calibrated else heat
 
     def edges_calibrated(self, heat: torch.Tensor, prefix: str = "edge") -> torch.Tensor:
@@ -173,7 +190,7 @@ class LocalScorer(FusionBuffers):
         knn on another place of it add up (casting, knn+pics: 0.96-0.98 separate, 0.98-0.99 fused; industrial.md)."""
         if self.aggregate == "fused" and heat is not None:
             return self.local_term(top_k_mean(heat)) + self.image_terms(values)
-        return self.weighted_sum(values, self.parts)
+        return self.weighted_sum(values, self.live(self.parts))
 
     def map_weight(self) -> torch.Tensor:
         """The summed weight of the components with a map (they enter the fused score as one)."""
@@ -186,7 +203,7 @@ class LocalScorer(FusionBuffers):
 
     def image_terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted, standardised components without a map (gknn): one value per image."""
-        return self.weighted_sum(values, [p for p in self.parts if p not in self.map_parts])
+        return self.weighted_sum(values, self.live(p for p in self.parts if p not in self.map_parts))
 
     def output_map(self, heat: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The map the model outputs: the fused map blurred (`blurred`), its sides calibrated again on the blurred

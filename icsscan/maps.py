@@ -131,7 +131,7 @@ def save_picture(img: Image.Image, path: Path) -> None:
 
     Why JPEG for scan --maps: one overlay per flagged image, and a PNG of a 300-px photo pair took ~13 ms to encode
     (zlib level 1) against ~1 ms as JPEG at quality 92, with files a third the size; on casting's 715 test images
-    (~450 flagged) scan --maps ran at 38-39 images/s with PNG overlays and 42-47 with JPEG
+    (~450 flagged) scan --maps ran at 38-39 images/s with PNG overlays and 42-47 with JPEG (the same model)
     (benchmarks/results/evaluate_speed.md). PNG stays available (--map-format png) where the overlay must be lossless."""
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix.lower() in (".jpg", ".jpeg"):

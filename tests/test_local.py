@@ -94,7 +94,10 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     # one when it cannot see synthetic local defects better than chance: the gate drops it (README "Weights")
     assert cfg["patch_split"] == "synthetic" and meta["local"]["patch_split"] == "synthetic"
     fusion = meta["fusion"]
-    kept = ["knn", "pics"] + (["gknn"] if fusion["gknn_gate_p"] < 0.01 else [])
+    # and the ICS head when the kNN alone already sees those defects (fusion.without_redundant_head)
+    kept = ["knn"] + (["pics"] if fusion["knn_synthetic_auc"] < cfg["ics_gate"] else []) + (
+        ["gknn"] if fusion["gknn_gate_p"] < 0.01 else [])
+    assert fusion["pics_redundant"] == float("pics" not in kept) and cfg["ics_gate"] == 0.85
     assert cfg["local_weights"] == "gated" and fusion["knn_gate_p"] < 0.01 and fusion["pics_gate_p"] < 0.01, fusion
     for p in ("knn", "pics", "gknn"):
         assert abs(fusion[f"{p}_weight"] - (1 / len(kept) if p in kept else 0.0)) < 1e-9, fusion
@@ -297,6 +300,26 @@ def test_gate_drops_a_component_blind_to_synthetic_defects():
     assert (blind["knn"][0], blind["pics"][0]) == (0.25, 0.75) and blind["knn"][2] > 0.01
     alone = gated_weights(normal, normal, {"gknn": 1.0})
     assert alone["gknn"][0] == 1.0
+
+
+def test_ics_head_left_out_where_the_knn_already_sees_the_synthetic_defects():
+    from icsscan.fusion import without_redundant_head
+
+    weights = {"knn": 1 / 3, "pics": 1 / 3, "gknn": 1 / 3}
+    record = {"knn_synthetic_auc": 0.93}
+    got = without_redundant_head(weights, record, 0.85)
+    assert got == {"knn": 0.5, "pics": 0.0, "gknn": 0.5} and record["pics_redundant"] == 1.0
+    # the kNN misses many of them (deeppcb: 0.76): the head stays, weights untouched
+    record = {"knn_synthetic_auc": 0.76}
+    assert without_redundant_head(weights, record, 0.85) == weights and record["pics_redundant"] == 0.0
+    # at the limit it is dropped; a limit of 1 never drops; gknn gated off already: knn alone is left
+    assert without_redundant_head(weights, {"knn_synthetic_auc": 0.85}, 0.85)["pics"] == 0.0
+    assert without_redundant_head(weights, {"knn_synthetic_auc": 0.999}, 1.0) == weights
+    assert without_redundant_head({"knn": 0.5, "pics": 0.5, "gknn": 0.0}, {"knn_synthetic_auc": 0.9}, 0.85) == {
+        "knn": 1.0, "pics": 0.0, "gknn": 0.0}
+    # no kNN to stand in for it, or no AUC recorded: the head stays
+    assert without_redundant_head({"pics": 1.0}, {"knn_synthetic_auc": 0.99}, 0.85) == {"pics": 1.0}
+    assert without_redundant_head(weights, {}, 0.85) == weights
 
 
 def test_synthetic_defects_change_a_small_region_only():
@@ -600,3 +623,37 @@ def test_map_in_score_units_is_the_score_logit_per_cell():
     logit = torch.log(s1 / (1 - s1))
     assert torch.all(m.flatten(1).max(1).values >= logit - 1e-5)
     assert torch.all(top_k_mean(heat) <= heat.flatten(1).max(1).values)
+
+
+def test_a_component_weighed_zero_is_not_computed_and_changes_nothing():
+    """A part the fusion weighs 0 (the gate's gknn, a redundant ICS head) is `silent`: left out of the forward
+    pass and so of the exported graph, with the same scores and maps as computing it at weight 0."""
+    from icsscan.local import LocalScorer
+
+    torch.manual_seed(0)
+    fusion = {"knn_weight": 0.5, "pics_weight": 0.0, "gknn_weight": 0.5, "gknn_center": 3.0, "gknn_scale": 2.0,
+              "local_center": 0.1, "local_scale": 0.4, "offset": 0.7}
+    scorer = LocalScorer(1, 64, 8, ("knn", "pics", "gknn"), fusion, pretrained=False, map_units="logit").eval()
+    with torch.no_grad():
+        scorer.bank.normal_()
+        scorer.train_embeddings.normal_()
+    x = torch.rand(3, 1, 96, 128)
+    assert scorer.silent == {"pics"}
+    with torch.no_grad():
+        values, maps = scorer.components(x)
+        quiet = scorer(x)
+        scorer.silent = frozenset()  # computed, at weight 0
+        values_all, maps_all = scorer.components(x)
+        loud = scorer(x)
+    assert set(maps) == {"knn"} and set(maps_all) == {"knn", "pics"} and "gknn" in values
+    torch.testing.assert_close(quiet[0], loud[0], rtol=0, atol=0)
+    torch.testing.assert_close(quiet[1], loud[1], rtol=0, atol=0)
+    # a partial fusion (the edge calibration alone) keeps the silence; a new weight lifts it
+    scorer.set_fusion(fusion)
+    scorer.set_fusion({"edge_gain_0": 1.0})
+    assert scorer.silent == {"pics"}
+    scorer.set_fusion({"pics_weight": 0.25, "gknn_weight": 0.0})
+    assert scorer.silent == {"gknn"} and "gknn" not in scorer.components(x)[0]
+    # the map needs a component: with every map part weighed 0 they are all computed (a flat map)
+    scorer.set_fusion({"knn_weight": 0.0, "pics_weight": 0.0})
+    assert scorer.silent == {"gknn"}
