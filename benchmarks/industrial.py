@@ -470,10 +470,16 @@ contamination rows. Map peaks on the border (CLI): magnetic_tile 9.2 % -> 0.4 % 
 0.8405 -> 0.8410, AUPRO@0.3 0.763 -> 0.735. Leave one set out: the default and "without the ICS head" are equal on
 casting and magnetic_tile (the gate drops the head there), so with deeppcb left out they tie; the tie goes to the
 default (listed first) and holds there (0.0046 below best); had it gone the other way, deeppcb would get 0.9444
-(0.033 below best). The head is still trained when dropped (its weight is 0) but no longer computed by the scan
-(LocalScorer.silent; same scores and maps bit for bit): the CLI rows above were measured before that (casting scan
---maps 44.8 img/s); after it, evaluate_speed.md: 48.7-50.3 img/s as the scan reports it, graph alone 29.2 -> 31.5
-img/s at 1 thread. Over seeds (library fits, 1 thread, two processes): the kNN's AUC on the synthetic defects is
+(0.033 below best). A dropped head is not computed by the scan (LocalScorer.silent; same scores and maps bit for
+bit; graph alone 29.2 -> 31.5 img/s at 1 thread) and, since 2026-12-05, not trained either: the gate is read on
+the kNN's held-out values before the head's training (fusion.fit_local_fusion). The default part rerun through the
+CLI with that and with 2 images per onnxruntime call (scan.LOCAL_CPU_RUN_BATCH, scan_batch.md), 2026-12-05
+00:10-00:14: every fusion value of the three models equal to the 21:09 fit's (the dropped head's own centre,
+spread and AUC no longer exist), image AUROC, pixel AUROC, AUPRO and border peaks unchanged; train casting 72.7 ->
+36.5 s, magnetic_tile 53.3 -> 22.1 s, deeppcb 134.8 -> 135.2 s (kept: the held-out normals pass the backbone once
+more for the head); scan --maps casting 44.8 -> 52.9, magnetic_tile 73.2 -> 83.2, deeppcb 11.5 -> 12.2 img/s. The
+variant, few-shot and contamination rows were not rerun: their fits give the same fusion by the same code
+(tests/test_local.py checks it on both sides of the gate), only their train times would fall. Over seeds (library fits, 1 thread, two processes): the kNN's AUC on the synthetic defects is
 0.914 / 0.934 / 0.954 on magnetic_tile (seeds 2 / 1 / 3; head dropped each time, AUC 0.9543 / 0.9563 / 0.9521) and
 0.700 / 0.675 on deeppcb (seeds 1 / 2; kept, AUC 0.9612 / 0.9706): the decision did not flip on any seed.
 

@@ -283,15 +283,18 @@ class ICSDetector(BaseEstimator):
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
-        scorer, info = fit_local(images, cfg, self._counter("features", len(fit_idx)),
-                                 self._training_logger(cfg.patch_iterations * cfg.patch_heads))
-        timings.update(info.pop("timings"))
-        info.pop("train_log")
-        self.local_info_ = info
+        scorer, info, heads = fit_local(images, cfg, self._counter("features", len(fit_idx)))
         t = time.perf_counter()
-        del images
+        self.fusion_, self.calibration_scores_ = fuse_local(
+            scorer, loaded.images, fit_idx, cal_idx, cfg, device, heads, info,
+            self._training_logger(cfg.patch_iterations * cfg.patch_heads))  # trains the heads the gate keeps
+        del images, heads
         self.scorer_ = scorer.eval()
-        self.fusion_, self.calibration_scores_ = fuse_local(scorer, loaded.images, fit_idx, cal_idx, cfg, device)
+        timings.update(info.pop("timings"))
+        info["patch_heads_trained"] = "train_s" in timings
+        self.local_info_ = info
+        # calibrate_s counts from here, as before: without the heads' own training
+        t += timings.get("synthetic_features_s", 0.0) + timings.get("train_s", 0.0)
         self.classifier_ = self.autoencoder_ = None
         self.split_ = None
         self.rot_accuracy_ = None

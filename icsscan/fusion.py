@@ -76,16 +76,21 @@ def gated_weights(normal: dict[str, np.ndarray], synthetic: dict[str, np.ndarray
     return {p: (w / total, auc, pv) for p, (w, auc, pv) in out.items()}
 
 
-def without_redundant_head(weights: dict[str, float], record: dict[str, float], limit: float) -> dict[str, float]:
+def without_redundant_head(weights: dict[str, float], record: dict[str, float], limit: float,
+                           untrained: bool = False) -> dict[str, float]:
     """The weights with the ICS head's (pics) set to 0 when the patch kNN alone already tells held-out normals
     from their synthetic local defects with AUC ≥ `limit` (record["knn_synthetic_auc"]); renormalised. Records
-    `pics_redundant` (1.0 dropped, 0.0 kept). limit ≥ 1: never dropped.
+    `pics_redundant` (1.0 dropped, 0.0 kept). limit ≥ 1: never dropped. `untrained`: the head was left out
+    before training on that same AUC (fit_local_fusion), so `weights` has no pics; it gets 0.
 
     Why: the head is there to see what the nearest-neighbour distance misses. Where the kNN already sees the
     synthetic defects, the head adds no detection, only its own false alarms on normal variety (suite, the
     default's fits: kNN's synthetic AUC casting 0.997, magnetic_tile 0.929, deeppcb 0.757; without the head
     0.9983 / 0.9555 / 0.9444 against 0.9962 / 0.9449 / 0.9724 with it; benchmarks/results/industrial.md)."""
     auc = record.get("knn_synthetic_auc")
+    if untrained:
+        record["pics_redundant"] = 1.0
+        return {**weights, "pics": 0.0}
     drop = auc is not None and auc >= limit and weights.get("pics", 0) > 0 and weights.get("knn", 0) > 0
     record["pics_redundant"] = float(drop)
     if not drop:
@@ -182,34 +187,55 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
 
 @torch.no_grad()
 def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int = 8,
-                     reference_is_training: bool = False, synthetic: torch.Tensor | None = None):
+                     reference_is_training: bool = False, synthetic: torch.Tensor | None = None,
+                     heads=None, info: dict | None = None, on_log=None):
     """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
     Returns (fusion, values, maps): the fitted buffers' values, and the reference's image-level components and
     local maps they were fitted on (local.scores_from_components turns them into the reference's scores).
 
     With `synthetic` (the held-out normals with one synthetic local defect each, synthetic.synthetic_defects) the
     weights are chosen without labels: local_weights "gated" keeps the score string's weights (equal by default)
-    but drops the global gknn when it cannot tell the two sets apart better than chance (gated_weights);
-    "synthetic" makes each component's share grow with how well it separates them.
+    but drops the global gknn when it cannot tell the two sets apart better than chance (gated_weights) and the
+    ICS head where the patch kNN alone tells them apart (without_redundant_head); "synthetic" makes each
+    component's share grow with how well it separates them.
+
+    `heads` (local.PendingHeads): the ICS heads, not trained yet. Where the gate can drop them, the components
+    without them are computed first and the heads are trained (on_log sees their log; `info` gets their split
+    and seconds) and computed only if the kNN's AUC keeps them: the same fusion, without the training a dropped
+    head never uses.
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
     the nearest *other* training image (to itself it would be 0)."""
     from .local import component_values
 
-    values, maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
+    info = {} if info is None else info
     weights = score_weights(cfg.score)
+    gate_first = (heads is not None and synthetic is not None and cfg.local_weights == "gated" and cfg.ics_gate < 1
+                  and weights.get("knn", 0) > 0 and weights.get("pics", 0) > 0)
+    if heads is not None and not gate_first:
+        heads.train(info, on_log)
+    with scorer.leaving_out({"pics"} if gate_first else set()):
+        values, maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
+        defected = component_values(scorer, synthetic, False, batch) if synthetic is not None else None
     fusion: dict[str, float] = {}
+    if gate_first and gated_weights(values, defected, without("pics", weights))["knn"][1] < cfg.ics_gate:
+        heads.train(info, on_log)  # the head is kept: train it, and add its values to the others
+        with scorer.leaving_out(set(scorer.parts) - {"pics"}):
+            head_values, head_maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
+            values.update(head_values)
+            maps.update(head_maps)
+            defected.update(component_values(scorer, synthetic, False, batch))
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
-        defected = component_values(scorer, synthetic, False, batch)
         if cfg.local_weights == "gated":  # drop the global component if it cannot see small local changes
-            gated = gated_weights(values, defected, weights)
+            gated = gated_weights(values, defected, {p: w for p, w in weights.items() if p in values})
             weights = {p: w for p, (w, _, _) in gated.items()}
             for p, (_, auc, p_value) in gated.items():
                 fusion[f"{p}_synthetic_auc"], fusion[f"{p}_gate_p"] = auc, p_value
-            weights = without_redundant_head(weights, fusion, cfg.ics_gate)
+            weights = without_redundant_head(weights, fusion, cfg.ics_gate, untrained="pics" not in values)
         else:
             weights = weigh_without_labels(values, defected, weights, fusion)
-    fusion.update(standardise_and_offset({p: values[p] for p in scorer.parts}, weights, cfg.rho))
+    fusion.update(standardise_and_offset({p: values[p] for p in scorer.parts if p in values}, weights, cfg.rho))
+    fusion.update({f"{p}_weight": 0.0 for p in scorer.parts if p not in values})  # never computed: silent
     if maps and cfg.edge_calibration and not reference_is_training:  # training images' maps are biased low
         fusion.update(calibrate_edges(scorer, maps, fusion))
     if scorer.aggregate == "fused" and maps:
@@ -217,6 +243,10 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     if scorer.smoothing and maps:
         fusion.update(calibrate_output_map(scorer, maps, fusion, cfg.edge_calibration and not reference_is_training))
     return fusion, values, maps
+
+
+def without(part: str, weights: dict[str, float]) -> dict[str, float]:
+    return {p: w for p, w in weights.items() if p != part}
 
 
 EDGE_QUANTILE = 0.99  # the upper tail matched between each side's outermost cells and the interior
@@ -271,7 +301,7 @@ def calibrate_fused_local(scorer, values: dict[str, np.ndarray], maps: dict[str,
     center, scale = robust_center_scale(local)
     total = sum(fusion[f"{p}_weight"] for p in maps)
     z = total * standardised(local, center, scale)
-    for part in (p for p in scorer.parts if p not in maps):
+    for part in (p for p in scorer.parts if p not in maps and p in values):  # one never computed is weighed 0
         z = z + fusion[f"{part}_weight"] * standardised(values[part], fusion[f"{part}_center"], fusion[f"{part}_scale"])
     return {"local_center": center, "local_scale": scale, "offset": float(np.quantile(z, 1 - rho))}
 
@@ -322,11 +352,13 @@ def fuse_global(classifier, autoencoder, embedder, cfg: ICSConfig, reference: to
 
 
 def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, cal_idx: np.ndarray, cfg: ICSConfig,
-               device: torch.device) -> tuple[dict[str, float], np.ndarray]:
+               device: torch.device, heads=None, info: dict | None = None,
+               on_log=None) -> tuple[dict[str, float], np.ndarray]:
     """A local scorer's fusion fitted on the held-out normals `images[cal_idx]` (the training images
     `images[fit_idx]` when there are none) and written into its buffers; returns (fusion, the held-out normals'
     sorted scores, empty without them). Weights "synthetic" and "gated" read copies of those normals with one
-    synthetic local defect each (synthetic.synthetic_defects)."""
+    synthetic local defect each (synthetic.synthetic_defects). `heads`, `info`, `on_log`: the ICS heads still to
+    train, where the gate keeps them (fit_local_fusion)."""
     from .tracing import onnx_runtime
     from .local import FloatBatches, scores_from_components
     from .synthetic import synthetic_defects
@@ -338,7 +370,7 @@ def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, cal_idx: np.ndar
         synthetic = FloatBatches(synthetic_defects(base, images[fit_idx[:64]], cfg.seed), cfg.channels, device)
     with onnx_runtime(scorer.features, reference[:1]):  # the backbone in onnxruntime on the CPU (~3x eager)
         fusion, values, maps = fit_local_fusion(scorer, reference, cfg, reference_is_training=not len(cal_idx),
-                                                synthetic=synthetic)
+                                                synthetic=synthetic, heads=heads, info=info, on_log=on_log)
     scorer.set_fusion(fusion)
     # the held-out normals' scores from the components already computed (a third backbone pass cost deeppcb 20 s)
     return fusion, (np.sort(scores_from_components(scorer, values, maps)) if len(cal_idx) else np.zeros(0))

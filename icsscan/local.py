@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -162,6 +163,16 @@ class LocalScorer(FusionBuffers):
 
     def computes(self, part: str) -> bool:
         return part in self.parts and part not in self.silent
+
+    @contextmanager
+    def leaving_out(self, parts):
+        """Within this block `parts` are not computed either (fitting: the ICS head before it is trained)."""
+        before = self.silent
+        self.silent = before | frozenset(parts)
+        try:
+            yield
+        finally:
+            self.silent = before
 
     def live(self, parts) -> list[str]:
         """`parts` without the silent ones (their weight is 0: leaving them out changes no value)."""
@@ -387,12 +398,13 @@ class FloatBatches:
         return torch.from_numpy(to_channels(self.pixels(index), self.channels)).to(self.device)
 
 
-def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | None = None,
-              on_log: Callable[[dict], None] | None = None) -> tuple[LocalScorer, dict]:
-    """Fit everything of a LocalScorer except the fusion: bank, patch ICS head, training embeddings
-    (on_features(n) after each batch of images through the backbone, on_log(row) during the heads' training).
+def fit_local(images: FloatBatches, cfg,
+              on_features: Callable[[int], None] | None = None) -> tuple[LocalScorer, dict, "PendingHeads | None"]:
+    """Fit everything of a LocalScorer except its ICS heads and the fusion: brightness level, bank, training
+    embeddings (on_features(n) after each batch of images through the backbone).
 
-    Returns the scorer and what the bundle should record (split of patches, train log, timings).
+    Returns the scorer, what the bundle should record (timings), and the heads still to train (PendingHeads; None
+    without "pics" in the score): the fusion trains them only where the gate keeps them (fusion.fit_local_fusion).
     """
     from .config import score_parts
 
@@ -406,17 +418,11 @@ def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | No
                          smoothing=cfg.map_smoothing, map_units=cfg.map_units).to(device).eval()
     if cfg.normalise_brightness:
         scorer.features.level.copy_(typical_brightness(images))
-    members = head_members(scorer.head)
-    # member k is trained with seed + 1000·k: its own synthetic defects, typical patches, sample order
-    member_seeds = [cfg.seed + 1000 * k for k in range(len(members))]
     per_image = max(16, math.ceil(cfg.patch_candidates / len(images)))
     with onnx_runtime(scorer.features, images[:1]):  # the backbone passes in onnxruntime on the CPU (~3x eager)
         pooled, patches, owners = embed_images(scorer.features, images, per_image, gen,
                                                tick=on_features)
-        timings = {"features_s": time.perf_counter() - t}
-        defective = [synthetic_defect_patches(scorer.features, images, seed) for seed in member_seeds] \
-            if "pics" in parts and cfg.patch_split == "synthetic" else None
-        timings["synthetic_features_s"] = time.perf_counter() - t - timings["features_s"]
+    timings = {"features_s": time.perf_counter() - t}
 
     t = time.perf_counter()
     if cfg.bank == "coreset":
@@ -430,14 +436,45 @@ def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | No
     scorer.train_embeddings = (pooled - pooled.mean(0)).to(device)
     timings["bank_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(members)}
-    log = train_patch_heads(members, member_seeds, patches, owners, chosen, gen, defective, cfg, "pics" in parts,
-                            info, on_log)
-    scorer.eval()
-    timings["train_s"] = time.perf_counter() - t
-    info.update({"train_log": log, "timings": timings})
-    return scorer, info
+    info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(head_members(scorer.head)), "timings": timings}
+    heads = PendingHeads(scorer, images, cfg, patches, owners, chosen, gen)
+    if "pics" not in parts:  # no ICS head in the score: nothing to train (train_patch_heads records the split size)
+        train_patch_heads(heads.members, heads.member_seeds, patches, owners, chosen, gen, None, cfg, False, info)
+        return scorer, info, None
+    return scorer, info, heads
+
+
+class PendingHeads:
+    """A LocalScorer's patch ICS heads with what training them takes (the candidate patches, the bank's rows, the
+    generator where fit_local left it), kept until the fusion knows whether the score needs them: where the gate
+    drops the head (fusion.without_redundant_head) it is never trained, ~30 s of a 50-70 s fit at 300 px. Member k
+    is trained with seed + 1000·k: its own synthetic defects, typical patches, sample order."""
+
+    def __init__(self, scorer: LocalScorer, images: FloatBatches, cfg, patches: torch.Tensor, owners: torch.Tensor,
+                 chosen: torch.Tensor, gen: torch.Generator):
+        self.scorer, self.images, self.cfg = scorer, images, cfg
+        self.patches, self.owners, self.chosen, self.gen = patches, owners, chosen, gen
+        self.members = head_members(scorer.head)
+        self.member_seeds = [cfg.seed + 1000 * k for k in range(len(self.members))]
+
+    def train(self, info: dict, on_log: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train the heads (train_patch_heads) on their synthetic-defect patches; records the split sizes and the
+        seconds (info["timings"]: synthetic_features_s, train_s) in `info`; returns the training log."""
+        cfg, timings = self.cfg, info.setdefault("timings", {})
+        t = time.perf_counter()
+        defective = None
+        if cfg.patch_split == "synthetic":
+            with onnx_runtime(self.scorer.features, self.images[:1]):
+                defective = [synthetic_defect_patches(self.scorer.features, self.images, seed)
+                             for seed in self.member_seeds]
+        timings["synthetic_features_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.enable_grad():  # called from within the fusion's no_grad
+            log = train_patch_heads(self.members, self.member_seeds, self.patches, self.owners, self.chosen,
+                                    self.gen, defective, cfg, True, info, on_log)
+        self.scorer.eval()
+        timings["train_s"] = time.perf_counter() - t
+        return log
 
 
 def train_patch_heads(members: list[ICSHead], member_seeds: list[int], patches: torch.Tensor,

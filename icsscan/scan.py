@@ -57,10 +57,25 @@ class ScanModel:
     def score(self, pixels: np.ndarray) -> np.ndarray:
         return self.score_and_map(pixels)[0]
 
+    @property
+    def run_batch(self) -> int:
+        """The most images one onnxruntime call takes (0: no limit): a local model on CPU runs 2 at a time.
+
+        Its search holds a (cells × bank rows) product per image, 12 MB at 304 px against 2,048 rows: with 8 images
+        per call those no longer stay in the caches. Graph alone, batch 2 vs 8, images/s at 1 | 2 threads: casting
+        37.4 vs 34.0 | 69.8 vs 59.2, deeppcb 8.3 vs 7.8 | 13.8 vs 13.8, magnetic_tile 55.9 vs 48.1 | 101.5 vs 92.8;
+        batch 1 was no better (benchmarks/results/scan_batch.md; scores and maps within 2e-6). A GPU wants larger
+        batches, so it keeps the caller's."""
+        return LOCAL_CPU_RUN_BATCH if self.has_map and "CUDAExecutionProvider" not in self.providers else 0
+
     def score_and_map(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = self.session.run(None, {self.session.get_inputs()[0].name: pixels})
-        scores = np.asarray(out[0], dtype=np.float64).reshape(-1)
-        return scores, (np.asarray(out[1], dtype=np.float32) if self.has_map and len(out) > 1 else None)
+        step = self.run_batch or max(1, len(pixels))
+        name = self.session.get_inputs()[0].name
+        outs = [self.session.run(None, {name: pixels[i:i + step]}) for i in range(0, max(1, len(pixels)), step)]
+        scores = np.concatenate([np.asarray(o[0], dtype=np.float64).reshape(-1) for o in outs])
+        if not (self.has_map and outs and len(outs[0]) > 1):
+            return scores, None
+        return scores, np.concatenate([np.asarray(o[1], dtype=np.float32) for o in outs])
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
@@ -206,8 +221,10 @@ def score_paths(model: ScanModel, paths: Sequence[str], workers: int = 4) -> lis
 
 
 # A local model's batch holds (batch × locations × bank) distances at once: 8 images of 640 px against a
-# 4,096-patch bank (--bank-size 4096) is 0.8 GB, so local models run in small batches whatever --batch-size says.
+# 4,096-patch bank (--bank-size 4096) is 0.8 GB, so local models decode and run in small batches whatever
+# --batch-size says; on CPU each onnxruntime call takes fewer still (ScanModel.run_batch).
 LOCAL_MAX_BATCH = 8
+LOCAL_CPU_RUN_BATCH = 2
 
 
 def stream_rows(model: ScanModel, paths: Sequence[str], batch_size: int = 64, workers: int = 4,

@@ -89,7 +89,7 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     assert cfg["score"] == "patch_knn+patch_ics+global_knn" and "local scores" in meta["backbone_choice"]
     # issue 31: brightness normalised to the training images' typical level, 16 px reflect-padding at the border
     assert cfg["normalise_brightness"] is True and cfg["patch_pad"] == 16
-    assert meta["local"]["bank_rows"] == 512 and meta["local"]["n_atypical_patches"] > 0
+    assert meta["local"]["bank_rows"] == 512
     # ICS on patches learns from synthetic-defect patches; the components are weighed equally, except the global
     # one when it cannot see synthetic local defects better than chance: the gate drops it (README "Weights")
     assert cfg["patch_split"] == "synthetic" and meta["local"]["patch_split"] == "synthetic"
@@ -98,7 +98,13 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     kept = ["knn"] + (["pics"] if fusion["knn_synthetic_auc"] < cfg["ics_gate"] else []) + (
         ["gknn"] if fusion["gknn_gate_p"] < 0.01 else [])
     assert fusion["pics_redundant"] == float("pics" not in kept) and cfg["ics_gate"] == 0.85
-    assert cfg["local_weights"] == "gated" and fusion["knn_gate_p"] < 0.01 and fusion["pics_gate_p"] < 0.01, fusion
+    assert cfg["local_weights"] == "gated" and fusion["knn_gate_p"] < 0.01, fusion
+    # decided before the head's training: a dropped head is never trained (nor computed: no AUC of its own)
+    assert meta["local"]["patch_heads_trained"] is ("pics" in kept)
+    if "pics" in kept:
+        assert meta["local"]["n_atypical_patches"] > 0 and fusion["pics_gate_p"] < 0.01, fusion
+    else:
+        assert "pics_synthetic_auc" not in fusion and "train_s" not in meta["timings"]
     for p in ("knn", "pics", "gknn"):
         assert abs(fusion[f"{p}_weight"] - (1 / len(kept) if p in kept else 0.0)) < 1e-9, fusion
     assert not (local_model / "classifier.pt").exists() and (local_model / "local.pt").is_file()
@@ -213,6 +219,37 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
     peaks = det.anomaly_maps(all_files).reshape(len(all_files), -1).max(1)
     defective = np.array([parts["labels"][Path(f).name] for f in all_files]) == 1
     assert np.median(peaks[defective]) > hi > lo and np.median(peaks[~defective]) < hi
+
+
+def test_local_model_on_cpu_runs_two_images_per_call_with_the_same_results(local_model, parts):
+    """ScanModel.score_and_map runs a local model on CPU in calls of LOCAL_CPU_RUN_BATCH images (faster: the
+    search's products stay in the caches) and gives what one call on the whole batch gives, in order."""
+    from icsscan.data import find_images, load_images, to_channels
+    from icsscan.scan import LOCAL_CPU_RUN_BATCH, load_model
+
+    model = load_model(local_model, device="cpu")
+    assert model.run_batch == LOCAL_CPU_RUN_BATCH == 2
+    x = to_channels(load_images(find_images(parts["root"] / "test")[:5], (W, H)).images, 1)
+
+    class CountingSession:  # the real session, with a record of how many images each call got
+        def __init__(self, session):
+            self.session, self.calls = session, []
+
+        def run(self, outputs, feed):
+            self.calls.append(len(feed["pixels"]))
+            return self.session.run(outputs, feed)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+    session = model.session
+    model.session = counting = CountingSession(session)
+    scores, maps = model.score_and_map(x)
+    assert counting.calls == [2, 2, 1]
+    want_scores, want_maps = session.run(None, {"pixels": x})
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    np.testing.assert_allclose(maps, want_maps, atol=1e-6)
+    assert model.score_and_map(x[:0])[0].shape == (0,)
 
 
 @pytest.mark.slow
@@ -365,7 +402,7 @@ def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
     from icsscan.bundle import export_model
     from icsscan.local import PatchICSEnsemble
 
-    det = ICSDetector(config=preset_config("default", seed=0, patch_heads=2, **SMALL))
+    det = ICSDetector(config=preset_config("default", seed=0, patch_heads=2, ics_gate=1.0, **SMALL))  # heads kept
     det.fit(parts["root"] / "good")
     members = det.scorer_.head.members
     assert isinstance(det.scorer_.head, PatchICSEnsemble) and len(members) == 2
@@ -657,3 +694,46 @@ def test_a_component_weighed_zero_is_not_computed_and_changes_nothing():
     # the map needs a component: with every map part weighed 0 they are all computed (a flat map)
     scorer.set_fusion({"knn_weight": 0.0, "pics_weight": 0.0})
     assert scorer.silent == {"gknn"}
+
+
+def fused_after_fit_local(parts, cfg, train_first: bool) -> tuple[dict, np.ndarray, dict]:
+    """fit_local + fuse_local on the parts' good images: (fusion, held-out scores, info); train_first trains the
+    ICS heads before the fusion (the order before the gate was decided first)."""
+    from icsscan.data import find_images, load_images
+    from icsscan.fusion import fuse_local
+    from icsscan.local import FloatBatches, fit_local
+    from icsscan.thresholds import calibration_holdout
+
+    cpu = torch.device("cpu")
+    loaded = load_images(find_images(parts["root"] / "good"), (W, H))
+    fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+    scorer, info, heads = fit_local(FloatBatches(loaded.images, cfg.channels, cpu, rows=fit_idx), cfg)
+    if train_first:
+        heads.train(info)
+        heads = None
+    fusion, scores = fuse_local(scorer, loaded.images, fit_idx, cal_idx, cfg, cpu, heads, info)
+    return fusion, scores, info
+
+
+def test_ics_head_gate_decided_before_training_gives_the_fusion_of_training_first(local_model, parts):
+    """The gate on the ICS head is read before the head is trained (fusion.fit_local_fusion): where it drops the
+    head, the head is never trained and the fusion and held-out scores are those of training it first and
+    dropping it after; where it keeps the head, the head is trained and the fusion is the same as well."""
+    from dataclasses import replace
+
+    from icsscan import ICSDetector
+
+    cfg = replace(ICSDetector.load(local_model).config_, calibration_fraction=0.5)  # 20 held-out normals
+    knn_auc = fused_after_fit_local(parts, replace(cfg, ics_gate=1.0), True)[0]["knn_synthetic_auc"]
+    assert knn_auc < 0.999  # so that a gate just above it (< 1) is read before the head's training, and keeps it
+    for gate in (0.0, knn_auc + 1e-9):  # AUC ≥ 0: dropped; AUC just under the gate: kept
+        fusion, scores, info = fused_after_fit_local(parts, replace(cfg, ics_gate=gate), False)
+        want_fusion, want_scores, want_info = fused_after_fit_local(parts, replace(cfg, ics_gate=gate), True)
+        dropped = gate == 0.0
+        assert fusion["pics_redundant"] == want_fusion["pics_redundant"] == float(dropped)
+        assert ("train_s" in info["timings"]) is not dropped and "train_s" in want_info["timings"]
+        assert fusion["pics_weight"] == want_fusion["pics_weight"] and (fusion["pics_weight"] == 0) is dropped
+        assert fusion.keys() <= want_fusion.keys()  # a head never computed has no centre, spread or AUC
+        for key, value in fusion.items():
+            assert value == pytest.approx(want_fusion[key], rel=1e-12, abs=1e-12), key
+        np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-12)
