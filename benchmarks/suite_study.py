@@ -56,58 +56,41 @@ def set_files(root: Path, name: str) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def working_size(train: list[str], long_side: int) -> tuple[int, int]:
-    """(width, height) at `long_side` (0: the product's rule), aspect ratio of the training images' median shape."""
-    from PIL import Image
-
-    shapes = np.array([Image.open(p).size for p in train[:: max(1, len(train) // 200)]])
-    shape = (int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1])))
-    return data.local_input_size(shape, long_side)
+    """(width, height) at `long_side` (0: the product's rule), aspect ratio of the training images' usual shape
+    (data.typical_shape, as `train` reads it)."""
+    return data.local_input_size(data.typical_shape(train), long_side)
 
 
 @torch.no_grad()
-def features_of(paths: list[str], size: tuple[int, int], pad: int, batch: int = 8,
-                target: tuple[float, float] | None = None) -> np.ndarray:
-    """(N, h, w, D) float16 unaveraged patch features; pad > 0: reflect-padded by `pad` px, cropped back;
-    target (mean, std): each image's brightness and contrast brought to those before the backbone."""
+def features_of(paths: list[str], size: tuple[int, int], pad: int, level: torch.Tensor | None = None,
+                batch: int = 8) -> np.ndarray:
+    """(N, h, w, D) float16 unaveraged patch features through the product's PatchFeatures (reflect-padding `pad`
+    px, cropped back; level: brightness normalisation to the training images' typical 1st/99th percentiles)."""
     rgb = data.load_images(paths, size).images
-    feats = PatchFeatures(pool=1)
+    feats = PatchFeatures(pool=1, pad=pad, normalise=level is not None)
+    if level is not None:
+        feats.level.copy_(level)
     images = L.FloatBatches(rgb, 3, torch.device("cpu"))
     out = []
-
-    def run(x):
-        if target is not None:
-            m, s = x.mean((1, 2, 3), keepdim=True), x.std((1, 2, 3), keepdim=True)
-            x = (x - m) / (s + 1e-3) * target[1] + target[0]
-        if pad:
-            x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        e = feats(x)
-        if pad:
-            c = pad // feats.stride
-            e = e[:, :, c:-c, c:-c]
-        return e
-
-    example = images[:1]
-    if pad:
-        example = torch.nn.functional.pad(example, (pad, pad, pad, pad), mode="reflect")
-    with onnx_runtime(feats, example):
+    with onnx_runtime(feats, images[:1]):
         for i in range(0, len(images), batch):
-            out.append(run(images[i:i + batch]).permute(0, 2, 3, 1).numpy().astype(np.float16))
+            out.append(feats(images[i:i + batch]).permute(0, 2, 3, 1).numpy().astype(np.float16))
     return np.concatenate(out)
 
 
-def brightness_target(paths: list[str], size: tuple[int, int]) -> tuple[float, float]:
-    """The training images' median per-image mean and standard deviation of pixels in [0, 1]."""
-    rgb = data.load_images(paths, size).images.astype(np.float32) / 255
-    return float(np.median(rgb.mean((1, 2, 3)))), float(np.median(rgb.std((1, 2, 3))))
+def brightness_level(paths: list[str], size: tuple[int, int]) -> torch.Tensor:
+    """What `train` brings every image to: the training images' typical 1st/99th pixel percentiles."""
+    rgb = data.load_images(paths, size).images
+    return L.typical_brightness(L.FloatBatches(rgb, 3, torch.device("cpu")))
 
 
 def cached(name: str, split: str, paths: list[str], size: tuple[int, int], pad: int,
-           target: tuple[float, float] | None = None) -> np.ndarray:
-    path = CACHE / f"{name}-{size[0]}x{size[1]}-pad{pad}{'-inorm' if target else ''}-{split}.npy"
+           level: torch.Tensor | None = None) -> np.ndarray:
+    path = CACHE / f"{name}-{size[0]}x{size[1]}-pad{pad}{'-bright' if level is not None else ''}-{split}.npy"
     if path.exists():
         return np.load(path)
     t = time.perf_counter()
-    arr = features_of(paths, size, pad, target=target)
+    arr = features_of(paths, size, pad, level)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
     print(f"  features {name} {split} {size} pad {pad}: {len(paths)} images {time.perf_counter() - t:.0f} s", flush=True)
@@ -127,10 +110,11 @@ def pooled(feats: np.ndarray, k: int, norm: int = 0) -> torch.Tensor:
 
 
 def parse_variant(text: str) -> dict:
-    out = {"pool": 1, "bank": "coreset2048", "pad": 0, "per_image": 0, "norm": 0, "inorm": 0}
+    """"size=sq224,bright=1,pool=3,bank=frac10" → the variant's settings (the rest at the plain baseline's)."""
+    out = {"size": "0", "pool": 1, "bank": "frac10", "pad": 0, "per_image": 0, "norm": 0, "bright": 0}
     for item in filter(None, text.split(",")):
-        k, v = item.split("=")
-        out[k.strip()] = v.strip() if k.strip() == "bank" else int(v)
+        k, v = (x.strip() for x in item.split("="))
+        out[k] = v if k in ("bank", "size") else int(v)
     return out
 
 
@@ -156,18 +140,21 @@ def aggregate(maps: torch.Tensor, spec: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_maps(test: torch.Tensor, bank: torch.Tensor, batch: int = 16) -> torch.Tensor:
+def knn_maps(test: torch.Tensor, bank: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
+    """The product's per-location kNN (nearest_bank_distance), as many images at a time as keep the
+    (cells × bank rows) matrix under `budget` floats."""
     mean = bank.mean(0)
     centred = bank - mean
+    n_all, h, w, d = test.shape
+    batch = max(1, budget // (h * w * len(bank)))
     out = []
-    for i in range(0, len(test), batch):
+    for i in range(0, n_all, batch):
         q = test[i:i + batch]
-        n, h, w, d = q.shape
-        out.append(K.nearest_bank_distance(q.reshape(n, h * w, d) - mean, centred).view(n, h, w))
+        out.append(K.nearest_bank_distance(q.reshape(len(q), h * w, d) - mean, centred).view(len(q), h, w))
     return torch.cat(out)
 
 
-AGGREGATES = ("max", "top3", "top10")
+AGGREGATES = ("max", "top10")
 
 
 def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: dict, seed: int = 0):
@@ -187,6 +174,7 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     picks = torch.stack([torch.randperm(h * w, generator=gen)[:per_image] for _ in range(n)])
     patches = train.reshape(n, h * w, d).gather(1, picks[..., None].expand(-1, -1, d)).reshape(-1, d)
     bank = build_bank(patches, v["bank"], gen)
+    del everything
     test = pooled(test_f, v["pool"], v["norm"])
     maps, held_maps = knn_maps(test, bank), knn_maps(held, bank)
     g_train = train.mean((1, 2))
@@ -205,48 +193,82 @@ def run_variant(train_f: np.ndarray, test_f: np.ndarray, labels: np.ndarray, v: 
     return aucs, len(bank)
 
 
-def write_report(command: str) -> None:
-    """suite_study.md from the CSV: per (size, variant, aggregate), each set's AUC, the mean and the worst set."""
+# ------------------------------------------------------------------------------------------------ the report
+
+BASELINE = ("bank=frac10", "max")  # the plain patch kNN: product size rule, brightness kept, no padding, 10 % coreset
+
+
+def latest_table() -> dict[tuple[str, str], dict[str, float]]:
+    """(variant, image value) → {set: AUC}, the latest row of each key counting."""
     with open(RESULTS / "suite_study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    sets = sorted({r["set"] for r in rows})
     table: dict[tuple, dict[str, float]] = {}
-    for r in rows:  # the latest row of each key counts
+    for r in rows:
         table.setdefault((r["variant"], r["agg"]), {})[r["set"]] = float(r["auc"])
-    lines = ["# Patch-kNN settings across the development suite (`benchmarks/suite_study.py`)", "",
-             f"Last command: `{command}` ({now_iso()}); machine `{machine()}`. Working size: long side 224 px, "
-             "aspect ratio of the training images' median shape. Bank from 100,000 patches sampled evenly per "
-             "image; fused = knn aggregate + global kNN, each standardised on 10 % held-out normals (signed log, "
-             "equal weights).", "",
-             "| variant | image value | " + " | ".join(sets) + " | mean | worst |", "| --- | --- |" + " ---: |" * (len(sets) + 2)]
-    for (variant, agg), got in sorted(table.items(), key=lambda kv: -min(kv[1].values())
-                                      if len(kv[1]) == len(sets) else 0):
-        full = len(got) == len(sets)
-        lines.append(f"| {variant} | {agg} | " + " | ".join(f"{got[s]:.4f}" if s in got else "" for s in sets) +
-                     (f" | {np.mean(list(got.values())):.4f} | {min(got.values()):.4f} |" if full else " | | |"))
+    return table
+
+
+def leave_one_set_out(table: dict, sets: list[str]) -> list[dict]:
+    """For each set: the configuration with the best worst set on the *other* sets (ties: the better mean there),
+    and what it scores on the set left out, against the best there and the plain baseline there."""
+    full = {k: v for k, v in table.items() if all(s in v for s in sets)}
+    out = []
+    for left in sets:
+        others = [s for s in sets if s != left]
+        pick = max(full, key=lambda k: (round(min(full[k][s] for s in others), 4), np.mean([full[k][s] for s in others])))
+        best = max(full, key=lambda k: full[k][left])
+        out.append({"left": left, "pick": pick, "auc": full[pick][left], "best": best, "best_auc": full[best][left],
+                    "baseline": full.get(BASELINE, {}).get(left)})
+    return out
+
+
+def write_report(command: str) -> None:
+    """suite_study.md from the CSV: every configuration per set, then leave-one-set-out."""
+    table = latest_table()
+    sets = sorted({s for v in table.values() for s in v})
+    full = {k: v for k, v in table.items() if all(s in v for s in sets)}
+    base = full.get(BASELINE)
+    lines = ["# Patch-kNN settings over the five-set suite (`benchmarks/suite_study.py`)", "",
+             f"Last command: `{command}` ({now_iso()}); machine `{machine()}`. Features: the product's "
+             "PatchFeatures (EfficientNet-Lite0 stages 2-3, onnxruntime), cached per set and preprocessing; bank "
+             "from ~100,000 patches sampled evenly from 90 % of the training images; fused = the kNN map's image value + "
+             "global kNN, each standardised on the other 10 % (signed log, equal weights). Variant keys: size 0 = "
+             "the product's working size (long side clamped to [224, 640], aspect kept), sq224 = 224x224; bright = "
+             "brightness normalisation; pad = reflect padding px; pool = KxK averaging; bank = frac10 (10 % greedy "
+             "coreset) | coresetN | randomN. Baseline = `bank=frac10` with the max (the plain patch kNN).", "",
+             "## Every configuration (sorted by its worst set)", "",
+             "| variant | image value | " + " | ".join(sets) + " | mean | worst | max regret vs baseline |",
+             "| --- | --- |" + " ---: |" * (len(sets) + 3)]
+    for (variant, agg), got in sorted(full.items(), key=lambda kv: -min(kv[1].values())):
+        regret = max(base[s] - got[s] for s in sets) if base else float("nan")
+        lines.append(f"| {variant or '(baseline)'} | {agg} | " + " | ".join(f"{got[s]:.4f}" for s in sets) +
+                     f" | {np.mean(list(got.values())):.4f} | {min(got.values()):.4f} | {regret:+.4f} |")
+    loso = leave_one_set_out(table, sets)
+    lines += ["", "## Leave one set out", "",
+              "| set left out | chosen on the other four (by their worst set) | its AUC there | best there | "
+              "plain baseline there |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in loso:
+        baseline = "" if r["baseline"] is None else f"{r['baseline']:.4f}"
+        lines.append(f"| {r['left']} | {r['pick'][0] or '(baseline)'} / {r['pick'][1]} | {r['auc']:.4f} | "
+                     f"{r['best_auc']:.4f} ({r['best'][0]} / {r['best'][1]}) | {baseline} |")
+    if loso:
+        lines += ["", f"LOSO worst {min(r['auc'] for r in loso):.4f}, LOSO mean {np.mean([r['auc'] for r in loso]):.4f}."]
     (RESULTS / "suite_study.md").write_text("\n".join(lines) + "\n" + NOTES, encoding="utf-8")
 
 
-NOTES = """
-Notes. deeppcb is not in this study (its 640 px features did not fit the study's feature cache in the time
-the session had); its settings were measured through the product (`industrial.py`, variants). The casting rows
-without brightness normalisation (no `inorm`) were lost with a run's CSV write; from that run's log: pool=1 top10
-0.977, pool=3 top10 0.921, pool=3 max 0.891, pool=3 random40000 max 0.886 — casting did not need the
-normalisation, magnetic_tile did. What the study decided: brightness normalisation (inorm) became a default
-(magnetic_tile gknn 0.82 -> 0.97, patch top10 0.81 -> 0.85 at pool 3); 3x3 pooling stayed off (casting top10
-0.990 -> 0.959 with it, inorm on); top-10 over max everywhere; L2-normalised features (norm) not adopted (helps
-magnetic_tile, hurts casting: the worst set does not rise).
-"""
+NOTES = ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", default=os.environ.get("ICSSCAN_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--sets", default="")
-    ap.add_argument("--sizes", default="224", help="long sides; 0 = the product's rule (clamped native)")
-    ap.add_argument("--variants", default="pool=1;pool=3")
+    ap.add_argument("--variants", default="bank=frac10;pool=3")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    if args.report_only:
+        return write_report(" ".join(sys.argv))
     torch.set_num_threads(args.threads)
     root = Path(args.data_root)
     sets = args.sets.split(",") if args.sets else suite_sets(root)
@@ -259,22 +281,22 @@ def main() -> None:
             writer.writeheader()
         for name in sets:
             train, test, labels = set_files(root, name)
-            for side in map(int, args.sizes.split(",")):
-                size = working_size(train, side)
-                for text in args.variants.split(";"):
-                    v = parse_variant(text)
-                    target = brightness_target(train, size) if v["inorm"] else None
-                    train_f = cached(name, "train", train, size, v["pad"], target)
-                    test_f = cached(name, "test", test, size, v["pad"], target)
-                    t = time.perf_counter()
-                    aucs, rows = run_variant(train_f, test_f, labels, v)
-                    for agg, auc in aucs.items():
-                        row = {"set": name, "size": f"{size[0]}x{size[1]}", "variant": text, "agg": agg,
-                               "auc": round(auc, 4), "bank_rows": rows, "seconds": round(time.perf_counter() - t, 1),
-                               "finished": now_iso()}
-                        writer.writerow(row)
-                    fh.flush()
-                    print(name, size, text, rows, {a: round(x, 4) for a, x in aucs.items()}, flush=True)
+            for text in args.variants.split(";"):
+                v = parse_variant(text)
+                size = (224, 224) if v["size"] == "sq224" else working_size(train, int(v["size"]))
+                level = brightness_level(train, size) if v["bright"] else None
+                train_f = cached(name, "train", train, size, v["pad"], level)
+                test_f = cached(name, "test", test, size, v["pad"], level)
+                t = time.perf_counter()
+                aucs, rows = run_variant(train_f, test_f, labels, v)
+                for agg, auc in aucs.items():
+                    writer.writerow({"set": name, "size": f"{size[0]}x{size[1]}", "variant": text, "agg": agg,
+                                     "auc": round(auc, 4), "bank_rows": rows,
+                                     "seconds": round(time.perf_counter() - t, 1), "finished": now_iso()})
+                fh.flush()
+                print(name, size, text, rows, f"{time.perf_counter() - t:.0f}s",
+                      {a: round(x, 4) for a, x in aucs.items()}, flush=True)
+                del train_f, test_f
     write_report(" ".join(sys.argv))
 
 

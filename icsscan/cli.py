@@ -213,10 +213,11 @@ def train(
                                          "--score string's weights, dropping global_knn when it cannot tell "
                                          "them apart better than chance; the local default) or fixed (the --score "
                                          "string's weights as given).")] = "auto",
-    brightness: Annotated[str, typer.Option(help="Local models: normalise (default: each image's brightness and "
-                                            "contrast brought to the training images' typical ones, so a change of "
-                                            "lighting between sessions is not flagged) or keep (a global change of "
-                                            "brightness or contrast is itself a defect you want flagged).")] = "normalise",
+    brightness: Annotated[str, typer.Option(help="Local models: auto (default: normalise only when the training "
+                                            "images' own exposure varies widely), normalise (each image's brightness "
+                                            "and contrast brought to the training images' typical ones, so a change "
+                                            "of lighting between sessions is not flagged) or keep (a dark region or "
+                                            "a change of brightness is itself a defect you want flagged).")] = "auto",
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = 4,
@@ -228,8 +229,8 @@ def train(
 
         if weights not in ("auto", "synthetic", "gated", "fixed"):
             raise UsageError(f"--weights {weights!r}: choose auto, synthetic, gated or fixed")
-        if brightness not in ("normalise", "keep"):
-            raise UsageError(f"--brightness {brightness!r}: choose normalise or keep")
+        if brightness not in ("auto", "normalise", "keep"):
+            raise UsageError(f"--brightness {brightness!r}: choose auto, normalise or keep")
         check_out_dir(out, "config.json", force)
         claim_out(out, parent=True)
         chosen = None if weights == "auto" else weights
@@ -239,7 +240,7 @@ def train(
                             backbone=None if backbone == "auto" else backbone,  # auto: the preset's
                             embed_size=embed_size or None, bank_size=bank_size or None, local_weights=chosen,
                             global_weights=None if chosen == "gated" else chosen,  # gated: local models only
-                            normalise_brightness=brightness == "normalise")
+                            normalise_brightness={"auto": "auto", "normalise": True, "keep": False}[brightness])
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv)

@@ -64,6 +64,21 @@ def readable(part: str) -> str:
     return READABLE_NAMES.get(part, part)
 
 
+def networks_of(cfg: "ICSConfig") -> str:
+    """What each component of cfg's score runs on, for people: "embedding_knn, embedding_ics on pretrained
+    efficientnet-lite0; ssim on an autoencoder trained here" (config.json's `components` block has the detail)."""
+    groups: dict[str, list[str]] = {}
+    for p in score_parts(cfg.score):
+        if p in EMBED_COMPONENTS or p in LOCAL_COMPONENTS:
+            where = f"pretrained {PRETRAINED_BACKBONES[0] if not cfg.is_local else cfg.backbone}"
+        elif p == "ssim":
+            where = "an autoencoder trained here"
+        else:
+            where = f"a {cfg.backbone} classifier trained here"
+        groups.setdefault(where, []).append(readable(p))
+    return "; ".join(f"{', '.join(names)} on {where}" for where, names in groups.items())
+
+
 def score_parts(score: str) -> tuple[str, ...]:
     """Component names of a score string, in order: "ics+rot*0.7" → ("ics", "rot")."""
     return tuple(name for name, _ in _score_terms(score))
@@ -128,9 +143,13 @@ class ICSConfig:
     patch_pad: int = 16            # px of reflect-padding around the image before the backbone, cropped off the maps
                                    # (a multiple of 16; 0 = none): the network's zero padding made the outermost
                                    # cells read as anomalous (unseen commutators: 58 of 155 map peaks on the border)
-    normalise_brightness: bool = True  # each image's 1st/99th pixel percentiles brought to the training images' typical
-                                   # ones before the backbone: lighting that changes between sessions is not a
-                                   # defect (magnetic_tile: test captures ~2x brighter; suite_study.md)
+    normalise_brightness: bool | str = "auto"  # True: each image's 1st/99th pixel percentiles brought to the
+                                   # training images' typical ones before the backbone (lighting that changes between
+                                   # sessions is not a defect: magnetic_tile's test captures are ~2x brighter); False:
+                                   # kept (a dark region or a change of exposure is itself evidence: normalising cost
+                                   # elpv_poly 0.10 and brick_cracks 0.07); "auto" (default): normalise only where the
+                                   # training images' own exposure varies widely (local.resolve_brightness), decided
+                                   # at fit and saved as True/False
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on
                                    # held-out normals (fusion.calibrate_edges): normal maps still peaked on the
                                    # border (deeppcb 58 % of normal images; magnetic_tile 47 %)
@@ -263,6 +282,8 @@ class ICSConfig:
             raise ValueError(f"patch_pool must be an odd number ≥ 1, got {self.patch_pool!r}")
         if self.patch_pad < 0 or self.patch_pad % 16:
             raise ValueError(f"patch_pad must be a multiple of 16 (0 = none), got {self.patch_pad!r}")
+        if self.normalise_brightness not in (True, False, "auto"):
+            raise ValueError(f"normalise_brightness must be True, False or 'auto', got {self.normalise_brightness!r}")
         if self.patch_heads < 1:
             raise ValueError(f"patch_heads must be ≥ 1, got {self.patch_heads!r}")
         if not 0.0 <= self.map_smoothing <= 8.0:

@@ -18,8 +18,8 @@ import torch
 from sklearn.base import BaseEstimator
 
 from . import bundle, data
-from .config import (COMPONENTS, EMBED_COMPONENTS, MIN_IMAGES, ICSConfig, preset_config, resolve_backbone,
-                     score_parts)
+from .config import (COMPONENTS, EMBED_COMPONENTS, MIN_IMAGES, ICSConfig, networks_of, preset_config,
+                     resolve_backbone, score_parts)
 from .data import array_to_rgb, list_inputs
 from .errors import NotFittedError, UsageError
 from .fusion import fuse_global, fuse_local
@@ -166,7 +166,7 @@ class ICSDetector(BaseEstimator):
         self.metadata_ = None  # a loaded bundle's config.json (bundle.load); a fitted model's is bundle.metadata
         w, h = data.wh(size)
         kind = ("backbone " + cfg.backbone + " (local scores)" if cfg.is_local else
-                f"score {cfg.score}" + (f", backbone {cfg.backbone}" if any(p in COMPONENTS for p in score_parts(cfg.score)) else ""))
+                f"score {cfg.score} ({networks_of(cfg)})")
         self._say(f"icsscan: {len(loaded.images)} images at {w}x{h}x{channels} on {device}, {kind}")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -278,12 +278,18 @@ class ICSDetector(BaseEstimator):
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,
                    t_start: float) -> "ICSDetector":
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
-        from .local import FloatBatches, fit_local
+        from .local import FloatBatches, fit_local, resolve_brightness
 
         fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
+        cfg, brightness = resolve_brightness(cfg, images)  # "auto": decided on the training images, then saved
+        self.config_ = cfg
         scorer, info, heads = fit_local(images, cfg, self._counter("features", len(fit_idx)))
+        info.update(brightness)
+        if "exposure_spread" in brightness:
+            self._say(f"icsscan: brightness {'normalised' if cfg.normalise_brightness else 'kept'} (the training images' exposure spread "
+                      f"{brightness['exposure_spread']:.2f}, normalised above {brightness['exposure_spread_limit']})")
         t = time.perf_counter()
         self.fusion_, self.calibration_scores_ = fuse_local(
             scorer, loaded.images, fit_idx, cal_idx, cfg, device, heads, info,

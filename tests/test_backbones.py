@@ -1,6 +1,7 @@
 """backbones.py: the packaged ImageNet EfficientNet-Lite0 weights mapped onto timm's network, and their errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,24 @@ def test_the_registry_holds_every_pretrained_backbone_the_config_accepts():
     assert set(NETWORKS) == set(PRETRAINED_BACKBONES)
     with pytest.raises(UsageError, match="not a pretrained backbone"):
         pretrained_network("resnet-9000", pretrained=False)
+
+
+def test_brightness_auto_normalises_only_where_the_exposure_of_normal_images_varies():
+    """brightness "auto" (the default): kept where the training images share one exposure (a change of it is then
+    evidence), normalised where their own exposure spans a wide range; an explicit choice is never overridden."""
+    from icsscan.config import preset_config
+    from icsscan.local import BRIGHTNESS_SPREAD, resolve_brightness
+
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.uniform(0.2, 0.6, (40, 1, 32, 32))).float()
+    steady = base * torch.from_numpy(rng.uniform(0.95, 1.05, (40, 1, 1, 1))).float()
+    varied = base * torch.from_numpy(rng.uniform(0.6, 1.6, (40, 1, 1, 1))).float()
+    cfg = preset_config("default")
+    assert cfg.normalise_brightness == "auto"
+    kept, info = resolve_brightness(cfg, steady)
+    assert kept.normalise_brightness is False and info["brightness"] == "keep"
+    assert 1.0 < info["exposure_spread"] < 1.2
+    normalised, info = resolve_brightness(cfg, varied)
+    assert normalised.normalise_brightness is True and info["exposure_spread"] > BRIGHTNESS_SPREAD
+    assert resolve_brightness(cfg.with_overrides(normalise_brightness=False), varied)[0].normalise_brightness is False
+    assert resolve_brightness(cfg.with_overrides(normalise_brightness=True), steady)[0].normalise_brightness is True

@@ -87,8 +87,9 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
     # 256 x 192 images: local scores at their own size, aspect ratio kept (multiples of 16)
     assert cfg["backbone"] == "efficientnet-lite0" and (cfg["image_size"], cfg["image_height"]) == (256, 192)
     assert cfg["score"] == "patch_knn+patch_ics+global_knn" and "local scores" in meta["backbone_choice"]
-    # issue 31: brightness normalised to the training images' typical level, 16 px reflect-padding at the border
-    assert cfg["normalise_brightness"] is True and cfg["patch_pad"] == 16
+    # issue 44: brightness "auto" keeps it where the normal images share one exposure; 16 px reflect-padding
+    assert cfg["normalise_brightness"] is False and cfg["patch_pad"] == 16  # brightness auto: one exposure, kept
+    assert meta["local"]["brightness"] == "keep" and meta["local"]["exposure_spread"] < 1.75
     assert meta["local"]["bank_rows"] == 512
     # ICS on patches learns from synthetic-defect patches; the components are weighed equally, except the global
     # one when it cannot see synthetic local defects better than chance: the gate drops it (README "Weights")
