@@ -1,7 +1,7 @@
 """The development suite of real inspection sets: every default decided on all of them, the worst set read first.
 
     python benchmarks/industrial.py [--data-root ../shared/data] [--sets all] [--threads 1] \
-        [--parts default,baseline,variants,fewshot,contamination]
+        [--parts default,plain,baseline,variants,fewshot,contamination]
 
 Every set under DATA_ROOT/industrial/ with MVTec AD's layout (train/good, test/good, test/<defect class>,
 optional masks in ground_truth/<class>/) is a member of the suite; a set added there joins it. Parts (each
@@ -11,18 +11,23 @@ separately; industrial.md is rebuilt from the whole CSV every time):
   default        `icsscan train` with no options, then `icsscan evaluate` (image AUROC, pixel AUROC and AUPRO@0.3
                  where masks exist; the metrics' own code, icsscan.metrics) and `icsscan scan --maps --raw-maps`
                  (images/s with overlays; the share of map peaks on the border row or column), each a CLI process
-  baseline       the plain patch-kNN prototype of issue 31 ("patch-kNN, PatchCore-like"): EfficientNet-Lite0 stages
-                 2-3 at 224x224 px, each map averaged over 3x3 neighbours, a random 40,000-patch bank, image score =
-                 the largest patch distance (benchmarks/suite_study.py's kernels, which are the product's kNN)
-  variants       settings considered for the default, each fitted through the library (`ICSDetector(config=...)`)
-                 and scored in PyTorch; with the default's row they make the leave-one-set-out check: for each
-                 set, the setting with the best mean AUC on the *other* sets must be best, or within 0.01 of best,
-                 on the set left out
+  plain          the plain patch kNN every default is weighed against (issue 44): the product's kNN alone, its
+                 working size, brightness kept, no padding or edge calibration, a 10,000-patch coreset bank;
+                 fitted through the library, saved, then the same CLI evaluate and scan --maps as the default
+  baseline       issue 31's patch-kNN prototype ("patch-kNN, PatchCore-like"): EfficientNet-Lite0 stages 2-3 at
+                 224x224 px, 3x3 neighbour averaging, a random 40,000-patch bank, image score = the largest patch
+                 distance (benchmarks/suite_study.py's kernels, which are the product's kNN)
+  variants       each per-folder rule of the default (brightness rule, ICS head gate, global kNN gate) overturned
+                 on each set (library fits; run the default part first): was the rule's choice the better one on
+                 the test labels? With the default and plain rows they make the leave-one-set-out table
   fewshot        the default trained on 16 and 64 random training images (seeded), scored on the whole test set
   contamination  5 % and 10 % of the test defects moved into the training folder (scored on the rest; the 0 %
                  row is the default on the same rest), and where the moved defects land among the training
                  images: the share of them in the atypical 10 % by leave-one-out kNN distance of the image
                  embeddings (the ρ = 10 % farthest), i.e. whether an intra-class split would set them apart
+
+The kNN settings themselves (bank, pooling, working size, padding, brightness, image value) are weighed on cached
+features over the same five sets by benchmarks/suite_study.py.
 """
 from __future__ import annotations
 
@@ -56,13 +61,26 @@ def roc_auc_score(labels, scores) -> float:
 COLUMNS = ["part", "set", "method", "auc", "pixel_auroc", "aupro", "border_peaks", "train_s", "scan_images_per_s",
            "evaluate_s", "train_images", "test_images", "input", "seed", "detail", "finished"]
 # settings weighed for the default (config overrides); the default itself is always a row of its own
-VARIANTS = {  # the default with one part changed (library fits); the plain patch kNN is its own part (`plain`)
-    "brightness always normalised": {"normalise_brightness": True},
-    "brightness always kept": {"normalise_brightness": False},
-    "ICS head always kept (ics_gate 1)": {"ics_gate": 1.0},
-    "no ICS head (knn+gknn)": {"score": "knn+gknn"},
-    "no global kNN (knn+pics)": {"score": "knn+pics"},
-}
+# The default's per-folder rules (issue 44, item 3), each overturned on each set: the default with that one
+# decision the other way, fitted through the library. Which way "the other way" is depends on what the rule chose
+# there, read from the default's config.json (run the default part first).
+RULES = ("brightness rule", "ICS head gate", "global kNN gate")
+
+
+def overturned(meta: dict) -> dict[str, tuple[str, dict]]:
+    """rule -> (what the default chose, the overrides that choose the other way)."""
+    fusion = meta.get("fusion") or {}
+    normalised = bool(meta["config"]["normalise_brightness"])
+    head = fusion.get("pics_weight", 0) > 0
+    gknn = fusion.get("gknn_weight", 0) > 0
+    with_head = "knn+pics" if head else "knn"
+    return {
+        "brightness rule": ("normalise" if normalised else "keep", {"normalise_brightness": not normalised}),
+        "ICS head gate": ("kept" if head else "dropped",
+                          {"score": "knn+gknn" if gknn else "knn"} if head else {"ics_gate": 1.0}),
+        "global kNN gate": ("kept" if gknn else "dropped",
+                            {"score": with_head} if gknn else {"score": with_head + "+gknn", "local_weights": "fixed"}),
+    }
 CACHE = HERE / ".cache" / "industrial"  # the default's test scores per set, for the contamination part's 0 % row
 DEFAULT = "icsscan default"
 
@@ -224,16 +242,40 @@ def library_auc(train: list[str], paths: list[str], y: np.ndarray, seed: int, **
 
 
 def variant_rows(name: str, base: Path, seed: int) -> list[dict]:
+    """Each per-folder rule of the default overturned on this set (library fits): was the rule's choice the better
+    one on the test labels? (The default's own AUC is its CLI row.)"""
     paths, y = test_items(base)
     train = train_paths(base)
+    meta = json.loads((CACHE / f"{name}-default-model" / "config.json").read_text())
     rows = []
-    for label, overrides in VARIANTS.items():
+    for rule, (chose, overrides) in overturned(meta).items():
         auc, info = library_auc(train, paths, y, seed, **overrides)
-        rows.append({"part": "variants", "set": name, "method": label, "auc": auc, "train_s": info["train_s"],
-                     "train_images": len(train), "test_images": len(paths), "seed": seed,
-                     "detail": json.dumps(overrides)})
-        print(name, label, round(auc, 4), flush=True)
+        rows.append({"part": "variants", "set": name, "method": f"{rule} overturned", "auc": auc,
+                     "train_s": info["train_s"], "train_images": len(train), "test_images": len(paths), "seed": seed,
+                     "detail": json.dumps({"rule": rule, "default_chose": chose, "overrides": overrides})})
+        print(name, rule, chose, overrides, round(auc, 4), flush=True)
     return rows
+
+
+def rule_table(rows: list[dict]) -> list[str]:
+    """Per rule and set: what the rule chose, the default's AUC (CLI), the AUC with the decision overturned, and
+    whether the rule's choice was the better one (ties within 0.005 count as right: both choices are fine there)."""
+    default = {r["set"]: float(r["auc"]) for r in rows if r["part"] == "default"}
+    lines = ["| rule | set | chose | AUC as chosen (CLI) | AUC overturned (library) | right? |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
+    score: dict[str, list[bool]] = {}
+    for r in sorted((r for r in rows if r["part"] == "variants" and r.get("detail")), key=lambda r: r["detail"]):
+        d = json.loads(r["detail"])
+        if "rule" not in d or r["set"] not in default:
+            continue
+        gain = default[r["set"]] - float(r["auc"])
+        right = gain >= -0.005
+        score.setdefault(d["rule"], []).append(right)
+        verdict = "yes" if gain > 0.005 else ("tie (within 0.005)" if right else "NO")
+        lines.append(f"| {d['rule']} | {r['set']} | {d['default_chose']} | {default[r['set']]:.4f} | "
+                     f"{float(r['auc']):.4f} | {verdict} ({gain:+.4f}) |")
+    lines += ["", "Right on: " + "; ".join(f"{rule} {sum(v)} of {len(v)}" for rule, v in score.items()) + "."]
+    return lines
 
 
 def fewshot_rows(name: str, base: Path, seed: int) -> list[dict]:
@@ -294,29 +336,62 @@ def contamination_rows(name: str, base: Path, seed: int) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ report
 
-def leave_one_set_out(rows: list[dict]) -> list[str]:
+ALWAYS = {"brightness rule": ("brightness always normalised", "normalise", "brightness always kept"),
+          "ICS head gate": ("ICS head always kept", "kept", "ICS head never (no patch ICS)"),
+          "global kNN gate": ("global kNN always kept", "kept", "global kNN never")}
+
+
+def candidates(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Method -> {set: AUC} for leave-one-set-out: the default and the plain patch kNN (CLI rows), and each rule
+    forced one way on every set (the default's row where the rule chose that way, the overturned fit elsewhere)."""
     table: dict[str, dict[str, float]] = {}
+    default = {r["set"]: float(r["auc"]) for r in rows if r["part"] == "default"}
     for r in rows:
-        if r["part"] in ("variants", "default", "plain"):
+        if r["part"] in ("default", "plain"):
             table.setdefault(r["method"], {})[r["set"]] = float(r["auc"])
+        if r["part"] == "variants" and r.get("detail") and "rule" in json.loads(r["detail"]):
+            d = json.loads(r["detail"])
+            if d["rule"] not in ALWAYS or r["set"] not in default:
+                continue
+            yes, yes_choice, no = ALWAYS[d["rule"]]
+            chose_yes = d["default_chose"] == yes_choice
+            table.setdefault(yes, {})[r["set"]] = default[r["set"]] if chose_yes else float(r["auc"])
+            table.setdefault(no, {})[r["set"]] = float(r["auc"]) if chose_yes else default[r["set"]]
+    return table
+
+
+def leave_one_set_out(table: dict[str, dict[str, float]]) -> list[str]:
+    """For each set: the method with the best worst set on the *other* sets (ties: their mean; an exact tie goes to
+    the default), its AUC on the set left out, the best there, and the plain patch kNN there."""
     sets = sorted({s for v in table.values() for s in v})
     complete = {m: v for m, v in table.items() if all(s in v for s in sets)}
     if len(sets) < 2 or len(complete) < 2:
-        return ["(needs the variants part on at least two sets)"]
-    lines = ["| set left out | chosen on the others | its AUC there | best there | gap | holds (≤ 0.01) | tied on the "
-             "others (its gap there) |", "| --- | --- | ---: | ---: | ---: | --- | --- |"]
-    for out in sets:  # chosen on the others' worst set (ties: their mean), as the defaults are
+        return ["(needs the default, plain and variants parts on at least two sets)"]
+    lines = ["| set left out | chosen on the others (their worst set) | its AUC there | best there | gap | plain "
+             "patch kNN there | ICS head in the chosen |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    picked = []
+    plain = next((v for m, v in complete.items() if m == PLAIN_METHOD), {})
+    for out in sets:
         others = [s for s in sets if s != out]
         key = {m: (round(min(complete[m][s] for s in others), 4), float(np.mean([complete[m][s] for s in others])))
                for m in complete}
-        tied = [m for m in complete if key[m][0] >= max(k[0] for k in key.values())]
-        # an exact tie goes to the default (the setting already in place); the others are listed
+        top = max(k[0] for k in key.values())
+        tied = [m for m in complete if key[m][0] >= top]
         chosen = next((m for m in tied if m.startswith(DEFAULT)), max(tied, key=lambda m: key[m][1]))
-        best = max(v[out] for v in complete.values())
-        gap = best - complete[chosen][out]
-        ties = "; ".join(f"{m} ({best - complete[m][out]:.4f})" for m in tied if m != chosen) or "none"
-        lines.append(f"| {out} | {chosen} | {complete[chosen][out]:.4f} | {best:.4f} | {gap:.4f} | "
-                     f"{'yes' if gap <= 0.01 else 'NO'} | {ties} |")
+        best = max(complete, key=lambda m: complete[m][out])
+        picked.append(complete[chosen][out])
+        ics = "never" if chosen.startswith("ICS head never") else ("always" if chosen.startswith("ICS head always")
+                                                                  else "as gated" if chosen != PLAIN_METHOD else "no")
+        lines.append(f"| {out} | {chosen} | {complete[chosen][out]:.4f} | {complete[best][out]:.4f} ({best}) | "
+                     f"{complete[best][out] - complete[chosen][out]:.4f} | {fmt(plain.get(out))} | {ics} |")
+    lines += ["", f"**LOSO worst {min(picked):.4f}, LOSO mean {np.mean(picked):.4f}** (in-sample, the default: worst "
+              f"{min(complete[m][s] for m in complete if m.startswith(DEFAULT) for s in sets):.4f})."]
+    lines += ["", "| method | " + " | ".join(sets) + " | mean | worst | largest loss to the plain patch kNN |",
+              "| --- |" + " ---: |" * (len(sets) + 3)]
+    for m, v in sorted(complete.items(), key=lambda kv: -min(kv[1].values())):
+        regret = max(plain[s] - v[s] for s in sets) if plain else float("nan")
+        lines.append(f"| {m} | " + " | ".join(f"{v[s]:.4f}" for s in sets) +
+                     f" | {np.mean(list(v.values())):.4f} | {min(v.values()):.4f} | {regret:+.4f} |")
     return lines
 
 
@@ -365,9 +440,9 @@ def write_report(rows: list[dict], args) -> None:
                      f"{fmt(r['border_peaks'], 3)} ({fmt(d.get('border_peaks_by_chance'), 3)}) | "
                      f"{fmt(d.get('false_border_peaks'), 3)} | {r['train_s']} | {r['scan_images_per_s']} | {r['evaluate_s']} | "
                      f"{r['input']} | {bright} ({fmt(d.get('exposure_spread'), 2)}) |")
-    lines += ["", "## Settings weighed for the default (library fit, PyTorch scores; the default's row from the CLI)", ""]
-    lines += suite_table(rows, "default") + suite_table(rows, "variants")[2:]
-    lines += ["", "### Leave one set out", ""] + leave_one_set_out(rows)
+    lines += ["", "## Leave one set out over the product's configurations (issue 44, item 1)", ""]
+    lines += leave_one_set_out(candidates(rows))
+    lines += ["", "## Per-folder rules checked against the labels (issue 44, item 3)", ""] + rule_table(rows)
     lines += ["", "## Few training images", ""] + suite_table(rows, "fewshot")
     lines += ["", "## Contaminated training folders", ""] + suite_table(rows, "contamination")
     lines += ["", "| set | moved | moved among the fitted images | of them in the atypical 10 % |", "| --- | ---: | ---: | ---: |"]

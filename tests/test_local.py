@@ -543,7 +543,7 @@ def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_pat
 def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     """`icsscan train --bank-size N`: the local model's bank holds N patches (the scan's kNN cost), recorded."""
     out = tmp_path / "model"
-    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "keep",
+    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "normalise",
                 "--score", "patch_knn", "--device", "cpu", timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "config.json").read_text())
@@ -552,8 +552,9 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     assert meta["config"]["score"] == "patch_knn" and list(meta["components"]) == ["patch_knn"]
     assert meta["components"]["patch_knn"]["short_name"] == "knn" and meta["components"]["patch_knn"]["weight"] == 1.0
     assert "efficientnet-lite0" in meta["components"]["patch_knn"]["runs_on"]
-    # --brightness keep: no normalisation in the model (the default normalises: test_auto_backbone_and_input_size_follow_the_images)
-    assert meta["config"]["normalise_brightness"] is False
+    # --brightness normalise: normalised in the model although this folder's exposure would not make "auto" do it
+    # (test_auto_backbone_and_input_size_follow_the_images); the export's ONNX parity check ran on that graph
+    assert meta["config"]["normalise_brightness"] is True and meta["local"]["brightness"] == "normalise"
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad", "--bank-size", -1)
     assert bad.returncode == 2 and "bank-size" in bad.stderr
     bad = run_cli("train", parts["root"] / "good", "--out", tmp_path / "bad2", "--brightness", "dim")

@@ -155,6 +155,10 @@ def test_design_card_two_commands(tmp_path):
     r = run_cli("train", "./good_parts", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "icsscan-model" / "model.onnx").exists()
+    # it says what each part of the score runs on (not "backbone small" for a score led by the pretrained network)
+    said = r.stdout + r.stderr
+    assert ("score embedding_knn+embedding_ics+ssim (embedding_knn, embedding_ics on pretrained efficientnet-lite0; "
+            "ssim on an autoencoder trained here)") in said, said[-2000:]
     r = run_cli("scan", "./incoming", "--threshold", "0.5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = read_rows(tmp_path / "icsscan-report")
