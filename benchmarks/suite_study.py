@@ -256,7 +256,27 @@ def write_report(command: str) -> None:
     (RESULTS / "suite_study.md").write_text("\n".join(lines) + "\n" + NOTES, encoding="utf-8")
 
 
-NOTES = ""
+NOTES = """
+Notes (2026-12-07, seed 0, 1 torch thread per process, 2-4 processes on the 2-core box). What each candidate of
+issue 44 did, with `bank=frac10` / top10 (or the coreset2048 family) as the reference:
+
+- reflect padding 16 px: brick_cracks 0.887 -> 0.956, magnetic_tile 0.725 -> 0.770, elpv_poly 0.805 -> 0.783
+  (with the 2,048 bank 0.807 -> 0.806); the product adds the edge calibration on top (industrial.md).
+- brightness normalisation: magnetic_tile 0.725 -> 0.808 (and its global kNN 0.76 -> 0.96: fused 0.942), but
+  brick_cracks 0.887 -> 0.818 and elpv_poly 0.805 -> 0.731: a per-folder rule (industrial.md), not a default.
+- 3x3 averaging: magnetic_tile +0.05 to +0.07, elpv_poly +0.006 to +0.022, brick_cracks -0.006 to +0.001;
+  casting and deeppcb in the rows above (the product's earlier measurements: deeppcb -0.04 to -0.06).
+- working size 224x224: elpv_poly 0.805 -> 0.852, magnetic_tile 0.725 -> 0.759, deeppcb 0.886 -> 0.612.
+- bank: 2,048 coreset vs 10 % coreset (~10,000) within 0.011 everywhere; random 40,000 no better.
+- image value: the top-10 mean above the max on every set.
+- the global kNN ("fused_*", here always on): +0.04 on brick_cracks at pad 0 (0 with padding), +0.01 on casting,
+  +0.13 on magnetic_tile with brightness normalised, but -0.035 on deeppcb and -0.20 on elpv_poly (its global
+  kNN alone is 0.375: its test cells come from other modules, so good test cells sit farther from the training
+  cells than defective ones): the product's gate drops it on both (industrial.md).
+
+The issue 31 prototype's reading (224x224, 3x3, random 40,000, max) scores brick_cracks 0.782, magnetic_tile
+0.695, elpv_poly 0.819, deeppcb 0.526 here. Earlier three-set results: history/2026-12-04_suite_study.md.
+"""
 
 
 def main() -> None:
