@@ -264,7 +264,8 @@ def rule_table(rows: list[dict]) -> list[str]:
     lines = ["| rule | set | chose | AUC as chosen (CLI) | AUC overturned (library) | right? |",
              "| --- | --- | --- | ---: | ---: | --- |"]
     score: dict[str, list[bool]] = {}
-    for r in sorted((r for r in rows if r["part"] == "variants" and r.get("detail")), key=lambda r: r["detail"]):
+    for r in sorted((r for r in rows if r["part"] == "variants" and r.get("detail")),
+                    key=lambda r: (json.loads(r["detail"]).get("rule", ""), r["set"])):
         d = json.loads(r["detail"])
         if "rule" not in d or r["set"] not in default:
             continue
