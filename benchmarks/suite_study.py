@@ -274,6 +274,15 @@ issue 44 did, with `bank=frac10` / top10 (or the coreset2048 family) as the refe
   kNN alone is 0.375: its test cells come from other modules, so good test cells sit farther from the training
   cells than defective ones): the product's gate drops it on both (industrial.md).
 
+Leave-one-set-out here (features only: no brightness rule, no gates, no edge calibration) picks
+`bank=coreset2048,pad=16,pool=3` / top10 on every fold, because magnetic_tile, unnormalised, is the worst set of
+most rows and 3x3 averaging lifts it; that row loses 0.020 to the plain patch kNN on casting (0.965 vs 0.984) and
+0.07 to the same features unaveraged on deeppcb (0.850 vs 0.921), so the minimax-regret rule rejects it. The
+product's leave-one-set-out, with the brightness rule and gates, is in industrial.md. Not complete on all five
+(stopped for time): the frac10 rows with pool=3 / bright=1 / pad=16 on casting and deeppcb, and
+`bank=coreset2048,pad=16,bright=1` on casting and deeppcb (both measured through the product instead: the
+brightness rule's rows in industrial.md).
+
 The issue 31 prototype's reading (224x224, 3x3, random 40,000, max) scores brick_cracks 0.782, magnetic_tile
 0.695, elpv_poly 0.819, deeppcb 0.526 here. Earlier three-set results: history/2026-12-04_suite_study.md.
 """
