@@ -465,8 +465,13 @@ within ~1e-5). Pixel metrics: maps upsampled to each image's own size; deeppcb's
 numbers are a lower bound. Seed 0 everywhere.
 
 Times in these tables (train s, scan --maps img/s, evaluate s) were measured with 3-5 benchmark processes sharing
-the 2 cores (2026-12-07): they are not the product's speed. The speed of today's default on a quiet box is in
-evaluate_speed.md (`python benchmarks/evaluate_speed.py --model benchmarks/.cache/industrial/casting-default-model`).
+the 2 cores (2026-12-07): they are not the product's speed. On a quiet box the same day (load 0.9 before,
+`python benchmarks/evaluate_speed.py --model benchmarks/.cache/industrial/casting-default-model --repeats 2`,
+evaluate_speed.md) casting's scan --maps ran 29.5 images/s end to end (30.3-32.5 as the scan reports it), against
+52.4 on 2026-12-05; a model trained the same minute with `--brightness normalise` (the 2026-12-05 default's graph)
+scanned at 30.6 against the new default's 29.9 back to back, and `icsscan train` on casting took 69 s against
+36.5 s on 2026-12-05: the box ran about half as fast as then; the brightness rule costs no speed (on casting it
+removes the normalisation from the graph).
 
 Border: "map peaks on the border" is the share of all test images whose map has its largest value on the
 outermost row or column of map cells; "by chance" is the share of map cells that lie there (what a map without
