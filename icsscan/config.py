@@ -147,7 +147,7 @@ class ICSConfig:
                                    # training images' typical ones before the backbone (lighting that changes between
                                    # sessions is not a defect: magnetic_tile's test captures are ~2x brighter); False:
                                    # kept (a dark region or a change of exposure is itself evidence: normalising cost
-                                   # elpv_poly 0.10 and brick_cracks 0.07); "auto" (default): normalise only where the
+                                   # elpv_poly 0.10 and brick_cracks 0.009); "auto" (default): normalise only where the
                                    # training images' own exposure varies widely (local.resolve_brightness), decided
                                    # at fit and saved as True/False
     edge_calibration: bool = True  # each side's outermost map row/column brought onto the interior's statistics on

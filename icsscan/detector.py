@@ -288,7 +288,8 @@ class ICSDetector(BaseEstimator):
         scorer, info, heads = fit_local(images, cfg, self._counter("features", len(fit_idx)))
         info.update(brightness)
         if "exposure_spread" in brightness:
-            self._say(f"icsscan: brightness {'normalised' if cfg.normalise_brightness else 'kept'} (the training images' exposure spread "
+            said = "normalised" if cfg.normalise_brightness else "kept"
+            self._say(f"icsscan: brightness {said} (the training images' exposure spread "
                       f"{brightness['exposure_spread']:.2f}, normalised above {brightness['exposure_spread_limit']})")
         t = time.perf_counter()
         self.fusion_, self.calibration_scores_ = fuse_local(

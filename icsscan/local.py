@@ -351,10 +351,10 @@ def typical_brightness(images, batch: int = 32) -> torch.Tensor:
 
 
 # brightness "auto": normalise when the training images' exposure itself varies this much: the 90th percentile
-# over images of each image's 99th pixel percentile, over its 10th. The five-set suite (industrial.md, notes
-# 2026-12-07): magnetic_tile 1.91 (its captures are lit differently; normalising 0.72 -> 0.9+), elpv_poly 1.50,
-# brick_cracks 1.21, casting 1.11, deeppcb 1.00 (keeping wins or ties on each of these four: normalising cost
-# elpv_poly 0.10 and brick_cracks 0.07). Where a part's normal images all share one exposure, a change of it is
+# over images of each image's 99th pixel percentile, over its 10th. The five-set suite (industrial.md, 2026-12-07,
+# through the CLI): magnetic_tile 2.02 (its captures are lit differently; kept 0.789, normalised 0.956), elpv_poly
+# 1.53, brick_cracks 1.22, casting 1.08, deeppcb 1.00 (keeping wins or ties on each of these four: normalising cost
+# elpv_poly 0.10 and brick_cracks 0.009). Where a part's normal images all share one exposure, a change of it is
 # worth flagging; where they span a wide range, lighting is a nuisance of the process.
 BRIGHTNESS_SPREAD = 1.75
 
