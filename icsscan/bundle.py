@@ -90,6 +90,7 @@ def metadata(det) -> dict[str, Any]:
         **training_files(det),
         "n_atypical": int(det.split_["atypical"].sum()) if det.split_ else None,
         "threshold": det.threshold_,
+        "known_defects": getattr(det, "known_defects_", None),  # train --defects: the candidates, threshold auto
         "fusion": fusion_dict(det),
         "timings": det.timings_,
         "versions": versions(),
@@ -381,6 +382,7 @@ def load(cls, directory: str | os.PathLike, device: str = "auto"):
     # stored only as a hash (train_files_hash), so they are None
     det.train_log_ = read_train_log(directory / "train_log.csv")
     det.split_ = split_rows_of(directory / "split.csv") if not cfg.is_local else None
+    det.known_defects_ = meta.get("known_defects")
     if cfg.is_local:
         det.local_info_ = meta.get("local")
     else:

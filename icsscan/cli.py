@@ -184,8 +184,14 @@ def train(
     rho: Rho = 0.1,
     image_size: ImageSize = 0,
     channels: Channels = 0,
-    calibration_fraction: Annotated[float, typer.Option(help="Share of normal images held out (never trained on) "
-                                                        "to calibrate thresholds.")] = 0.1,
+    calibration_fraction: Annotated[float, typer.Option(help="Share of normal images that calibrate thresholds "
+                                                        "(global models: held out, never trained on; local "
+                                                        "models: at least 100, or all, each scored out of fold by "
+                                                        "a model fitted without it). 0 = none.")] = 0.1,
+    defects: Annotated[Optional[Path], typer.Option("--defects", help="Local models: a folder of known defective "
+                                                    "images (any number ≥ 1, searched recursively). They choose "
+                                                    "the recipe that separates them best from the good images "
+                                                    "(never trained on) and give `scan --threshold auto`.")] = None,
     score: Annotated[str, typer.Option(help="What the model outputs: global models: ics, ssim, rotation, "
                                        "mahalanobis (from scratch), embedding_knn, embedding_ics (pretrained "
                                        "embedding); local models: patch_knn, patch_ics, global_knn; or several "
@@ -231,6 +237,8 @@ def train(
             raise UsageError(f"--weights {weights!r}: choose auto, synthetic, gated or fixed")
         if brightness not in ("auto", "normalise", "keep"):
             raise UsageError(f"--brightness {brightness!r}: choose auto, normalise or keep")
+        if defects is not None and not defects.is_dir():
+            raise UsageError(f"--defects {defects}: not a folder")
         check_out_dir(out, "config.json", force)
         claim_out(out, parent=True)
         chosen = None if weights == "auto" else weights
@@ -243,16 +251,48 @@ def train(
                             normalise_brightness={"auto": "auto", "normalise": True, "keep": False}[brightness])
         det, progress = make_detector(preset, config=cfg)
         with progress(det):
-            det.fit(folder, split=split_csv)
+            det.fit(folder, split=split_csv, defects=defects)
         from .plots import save_loss_curve
         from .thresholds import DEFAULT_THRESHOLD, false_alarm_rate
 
         det.save(out, extra_files={"loss_curve.png": lambda p: save_loss_curve(det.train_log_, p)})
         cal = det.calibration_scores_
         rate = f"{false_alarm_rate(cal, DEFAULT_THRESHOLD):.1%}" if len(cal) else "unknown (no calibration)"
-        typer.echo(f"train: model bundle written to {out} ({det.n_train_} training + {det.n_calibration_} calibration "
-                   f"images, {det.timings_['total_s']:.1f} s). At --threshold 0.5, {rate} of held-out normal "
-                   f"images are flagged; use `icsscan scan DIR --model {out} --false-alarm-rate 0.01` for a 1% rate.")
+        if det.config_.is_local:  # every image trains; the calibration images are scored out of fold
+            images = (f"{det.n_train_} training images, {det.n_calibration_} of them scored out of fold to calibrate"
+                      if det.n_calibration_ else f"{det.n_train_} training images, no calibration")
+        else:
+            images = f"{det.n_train_} training + {det.n_calibration_} calibration images"
+        seconds = det.timings_.get("known_defects_total_s", det.timings_["total_s"])
+        typer.echo(f"train: model bundle written to {out} ({images}, {seconds:.1f} s). At --threshold 0.5, "
+                   f"{rate} of held-out normal images are flagged; use `icsscan scan DIR --model {out} "
+                   f"--false-alarm-rate 0.01` for a 1% rate.")
+        if det.known_defects_:
+            print_known_defects(det.known_defects_, cal, out)
+
+
+def print_known_defects(known: dict, calibration, out: Path) -> None:
+    """train --defects: the candidates' table (rich) and the auto threshold beside the false-alarm-rate one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .thresholds import false_alarm_rate, threshold_for_rate
+
+    table = Table(title=f"Recipes on {known['n_defects']} known defects vs {known['n_good_out_of_fold']} good images "
+                        "(out of fold)")
+    for column in ("recipe", "AUROC", "beats default", "fit s", "kept"):
+        table.add_column(column, justify="left" if column == "recipe" else "right")
+    for c in known["candidates"]:
+        beats = "" if c["confidence_beats_default"] is None else f"{c['confidence_beats_default']:.0%}"
+        table.add_row(c["name"], f"{c['auroc']:.3f}", beats, f"{c['fit_s']:.0f}", "yes" if c["kept"] else "")
+    Console(stderr=True).print(table)
+    auto = known["threshold_auto"]
+    rate_thr = threshold_for_rate(calibration, 0.05) if len(calibration) else None
+    beside = (f"; --false-alarm-rate 0.05 gives {rate_thr:.3f} "
+              f"({false_alarm_rate(calibration, rate_thr):.0%} of them)" if rate_thr is not None else "")
+    typer.echo(f"train: kept '{known['kept']}' (rule: {known['rule']}). --threshold auto = {auto['threshold']:.3f}: "
+               f"it flags {auto['defects_flagged']:.0%} of the known defects and {auto['good_flagged']:.0%} of the "
+               f"good images scored out of fold{beside}. Scan with `icsscan scan DIR --model {out} --threshold auto`.")
 
 
 @app.command()
@@ -279,7 +319,9 @@ def export(
 def scan(
     folder: Annotated[Path, typer.Argument(help="Folder of images to screen (searched recursively; symlinked files and folders are followed, also where they lead outside FOLDER).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder or .onnx file.")] = Path("icsscan-model"),
-    threshold: Annotated[Optional[float], typer.Option(help="Raw anomaly-score threshold in [0, 1] (model default 0.5).")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Raw anomaly-score threshold in [0, 1] (model default 0.5), "
+                                                     "or auto: the score that best separated the known defects "
+                                                     "given to `train --defects` from the good images.")] = None,
     false_alarm_rate: Annotated[Optional[float], typer.Option(help="Set the threshold so that about this fraction of "
                                                               "normal images is flagged (e.g. 0.01).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("icsscan-report"),
@@ -310,7 +352,7 @@ def scan(
     with errors_as_exit_codes():
         from .progress import scan_progress
         from .report import MARKER, prepare_out_dir, write_report
-        from .scan import load_model, scan_folder
+        from .scan import load_model, resolve_threshold, scan_folder
 
         wanted = {f.strip().lower() for f in formats.split(",") if f.strip()}
         unknown = wanted - {"csv", "json", "junit"}
@@ -332,6 +374,7 @@ def scan(
         if not folder.exists():
             raise UsageError(f"{folder}: no such file or folder")
         loaded_model = load_model(model, device=device)
+        resolve_threshold(loaded_model, threshold, false_alarm_rate)  # a bad --threshold: exit 2 before any work
         check_out_dir(out, MARKER, force)
         if maps and not loaded_model.has_map:
             raise UsageError(f"--maps: {loaded_model.path} is a global model without anomaly maps "

@@ -27,7 +27,8 @@ from .models import ConvAutoencoder, ICSClassifier, resolve_device
 from .runinfo import now_iso
 from .scorer import CLASSIFIER_COMPONENTS, SCORE_BATCH, fit_latent_gaussian
 from .split import rank_by_ssim, split_by_ssim, ssim_scores, train_autoencoder
-from .thresholds import DEFAULT_THRESHOLD, calibration_holdout, percentile_of, threshold_for_rate
+from .thresholds import (DEFAULT_THRESHOLD, calibration_folds, calibration_holdout, percentile_of,
+                         threshold_for_rate)
 from .train import train_ics
 
 # a local model learns patches on pretrained features (each image gives ~10³ of them) and trains nothing from
@@ -164,6 +165,7 @@ class ICSDetector(BaseEstimator):
         self.config_, self.image_size_, self.channels_ = cfg, size, channels
         self.failures_ = loaded.failures
         self.metadata_ = None  # a loaded bundle's config.json (bundle.load); a fitted model's is bundle.metadata
+        self.known_defects_ = None  # fit(defects=...) sets it (_fit_with_defects)
         w, h = data.wh(size)
         kind = ("backbone " + cfg.backbone + " (local scores)" if cfg.is_local else
                 f"score {cfg.score} ({networks_of(cfg)})")
@@ -204,13 +206,20 @@ class ICSDetector(BaseEstimator):
         """What `icsscan split` writes (bundle.save_split): split.csv, its preview, autoencoder.pt, config.json."""
         return bundle.save_split(self, directory)
 
-    def fit(self, X: Any, y: Any = None, split: str | os.PathLike | None = None) -> "ICSDetector":
+    def fit(self, X: Any, y: Any = None, split: str | os.PathLike | None = None,
+            defects: Any = None) -> "ICSDetector":
         """Learn "normal" from X: a folder, a list of image paths, or an array of images (N,H,W[,C]) uint8.
 
         Unreadable files are skipped with a warning each (listed in `failures_`); fewer than 20 readable
         images is an error. `y` is ignored (one-class: every image is assumed normal). `split` reuses a
         split.csv from `icsscan split` (and its autoencoder.pt, when one lies beside it and fits).
+        `defects`: known defective images (a folder, path list or array; local models): they choose among
+        candidate recipes and give `threshold auto`, and never train anything (recipes.py; `known_defects_`).
         """
+        if defects is not None:
+            if split is not None:
+                raise UsageError("--defects and --split do not go together (--split is for global models)")
+            return self._fit_with_defects(X, defects)
         t_start = time.perf_counter()
         cfg, loaded, device, timings = self._load_for_fit(X)
         if cfg.is_local:
@@ -280,25 +289,30 @@ class ICSDetector(BaseEstimator):
         """fit() for local models: patch bank + ICS on patches + global kNN (local.py), fused on held-out normals."""
         from .local import FloatBatches, fit_local, resolve_brightness
 
-        fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        # every image trains the model; the calibration images are scored out of fold (thresholds.calibration_folds)
+        fit_idx = np.arange(len(loaded.images))
+        folds = calibration_folds(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+        cal_idx = np.concatenate(folds) if folds else np.zeros(0, dtype=np.int64)
         images = FloatBatches(loaded.images, cfg.channels, device, rows=fit_idx)
         self.train_log_ = []
         cfg, brightness = resolve_brightness(cfg, images)  # "auto": decided on the training images, then saved
         self.config_ = cfg
-        scorer, info, heads = fit_local(images, cfg, self._counter("features", len(fit_idx)))
+        scorer, info, heads = fit_local(images, cfg, self._counter("features", len(fit_idx)), folds)
         info.update(brightness)
         if "exposure_spread" in brightness:
             said = "normalised" if cfg.normalise_brightness else "kept"
             self._say(f"icsscan: brightness {said} (the training images' exposure spread "
                       f"{brightness['exposure_spread']:.2f}, normalised above {brightness['exposure_spread_limit']})")
         t = time.perf_counter()
-        self.fusion_, self.calibration_scores_ = fuse_local(
-            scorer, loaded.images, fit_idx, cal_idx, cfg, device, heads, info,
+        self.fusion_, self.out_of_fold_scores_ = fuse_local(
+            scorer, loaded.images, fit_idx, folds, cfg, device, heads, info,
             self._training_logger(cfg.patch_iterations * cfg.patch_heads))  # trains the heads the gate keeps
         del images, heads
+        self.calibration_scores_ = np.sort(self.out_of_fold_scores_)
         self.scorer_ = scorer.eval()
         timings.update(info.pop("timings"))
         info["patch_heads_trained"] = "train_s" in timings
+        info["calibration_folds"] = len(folds)  # the calibration images' scores are out of fold
         self.local_info_ = info
         # calibrate_s counts from here, as before: without the heads' own training
         t += timings.get("synthetic_features_s", 0.0) + timings.get("train_s", 0.0)
@@ -306,6 +320,73 @@ class ICSDetector(BaseEstimator):
         self.split_ = None
         self.rot_accuracy_ = None
         return self._fitted(loaded, fit_idx, cal_idx, LOCAL_PARITY_SAMPLES, timings, t, t_start)
+
+    # ----------------------------------------------------------------------------------------- known defects
+    def _read_known_defects(self, X: Any, defects: Any) -> tuple[np.ndarray, dict]:
+        """The known defects decoded at the input size a local model of X gets, and what to record of them;
+        refused (UsageError: exit 2, before any training) when none is readable, when they overlap the good
+        images, or when X makes a global model. Unreadable files are listed (a warning each) and skipped."""
+        cfg = resolve_backbone(self._resolved_config(), data.input_shape(X))
+        if not cfg.is_local:
+            raise UsageError("--defects: known defects choose among the recipes of local models (images larger "
+                             "than 64 px, or --backbone efficientnet-lite0); this folder makes a global model")
+        shape = data.input_shape(X)
+        size = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
+        if isinstance(defects, np.ndarray):
+            return array_to_rgb(defects, size), {"source": f"array of {len(defects)}", "n_unreadable": 0}
+        where = str(defects)
+        paths = list_inputs(defects)
+        if not paths:
+            raise UsageError(f"--defects {where}: no image files in it")
+        if not isinstance(X, np.ndarray):
+            good = {os.path.realpath(p) for p in list_inputs(X)}
+            shared = [p for p in paths if os.path.realpath(p) in good]
+            if shared:
+                raise UsageError(f"--defects {where}: {len(shared)} of its files are also among the good images "
+                                 f"(e.g. {data.printable(shared[0])}); known defects must be kept apart from them")
+        loaded = self._read(paths, size, warn=True)
+        if not len(loaded.images):
+            raise UsageError(f"--defects {where}: none of its {len(paths)} files is a readable image")
+        return loaded.images, {"source": where, "n_unreadable": len(loaded.failures),
+                               "unreadable": [f"{f.path}: {f.reason}" for f in loaded.failures]}
+
+    def _fit_with_defects(self, X: Any, defects: Any) -> "ICSDetector":
+        """fit() with known defects: fit the default, then each challenger of recipes.candidate_configs on the
+        same good images; keep the one recipes.choose picks; record them all and threshold auto in
+        `known_defects_`."""
+        from . import recipes
+
+        t_start = time.perf_counter()
+        defect_images, record = self._read_known_defects(X, defects)
+        self.fit(X)
+        if not len(self.out_of_fold_scores_):
+            raise UsageError("--defects needs calibration (out-of-fold scores of the good images): "
+                             "train without --calibration-fraction 0")
+        rows = [{"name": "default", "detector": self, "fit_s": self.timings_["total_s"]}]
+        for name, cfg in recipes.candidate_configs(self.config_, self.fusion_):
+            self._say(f"icsscan: known defects: fitting the candidate '{name}'")
+            other = ICSDetector(config=cfg, verbose=False, workers=self.workers)
+            other.progress = self.progress
+            other.fit(X)
+            rows.append({"name": name, "detector": other, "fit_s": other.timings_["total_s"]})
+        for row in rows:
+            row["good"] = row["detector"].out_of_fold_scores_
+            row["defects"] = row["detector"].score_samples(defect_images)
+        kept = recipes.choose(rows, self.config_.seed)
+        chosen = rows[kept]["detector"]
+        if chosen is not self:  # adopt the chosen fit: every fitted attribute (they end in "_")
+            self.__dict__.update({k: v for k, v in vars(chosen).items() if k.endswith("_")})
+        auto = recipes.separating_threshold(rows[kept]["good"], rows[kept]["defects"])
+        self.known_defects_ = {
+            **record, "n_defects": len(defect_images), "n_good_out_of_fold": len(rows[kept]["good"]),
+            "rule": f"the default unless a candidate's AUROC beats it in ≥ {recipes.CONFIDENCE:.0%} of paired "
+                    "bootstrap resamples; then the best such (equal ones: the fastest)",
+            "candidates": [{"name": r["name"], "auroc": round(r["auroc"], 4),
+                            "confidence_beats_default": None if r["confidence"] is None else round(r["confidence"], 3),
+                            "fit_s": round(r["fit_s"], 1), "kept": i == kept} for i, r in enumerate(rows)],
+            "kept": rows[kept]["name"], "threshold_auto": auto}
+        self.timings_ = {**self.timings_, "known_defects_total_s": time.perf_counter() - t_start}
+        return self
 
     def _fitted(self, loaded: data.LoadedImages, fit_idx: np.ndarray, cal_idx: np.ndarray, parity_samples: int,
                 timings: dict, t_calibrate: float, t_start: float) -> "ICSDetector":

@@ -82,6 +82,8 @@ def metadata_for(bundle: dict, opset: int) -> dict[str, str]:
         "score": cfg.score,
         "rho": str(cfg.rho),
         "default_threshold": str(bundle["threshold"]),
+        **({"threshold_auto": str(bundle["known_defects"]["threshold_auto"]["threshold"])}
+           if bundle.get("known_defects") else {}),  # scan --threshold auto (train --defects)
         "calibration": json.dumps(bundle["calibration"]),
         "config_hash": bundle.get("config_hash") or hash_json(cfg.to_dict()),
         "config": json.dumps(cfg.to_dict()),

@@ -186,12 +186,15 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
 
 
 @torch.no_grad()
-def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int = 8,
-                     reference_is_training: bool = False, synthetic: torch.Tensor | None = None,
+def fit_local_fusion(scorer, reference: list, cfg: ICSConfig, batch: int = 8,
+                     reference_is_training: bool = False, synthetic: list | None = None,
                      heads=None, info: dict | None = None, on_log=None):
     """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
     Returns (fusion, values, maps): the fitted buffers' values, and the reference's image-level components and
     local maps they were fitted on (local.scores_from_components turns them into the reference's scores).
+
+    `reference` (and `synthetic`): [(images, local.FoldBank or None)], the calibration images fold by fold, each
+    scored by the model fitted without its fold (out of fold: local.values_by_fold); None = the model itself.
 
     With `synthetic` (the held-out normals with one synthetic local defect each, synthetic.synthetic_defects) the
     weights are chosen without labels: local_weights "gated" keeps the score string's weights (equal by default)
@@ -206,7 +209,7 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
 
     Too few images for a held-out set: the training images stand in, and their global kNN distance is taken to
     the nearest *other* training image (to itself it would be 0)."""
-    from .local import component_values
+    from .local import values_by_fold
 
     info = {} if info is None else info
     weights = score_weights(cfg.score)
@@ -215,16 +218,16 @@ def fit_local_fusion(scorer, reference: torch.Tensor, cfg: ICSConfig, batch: int
     if heads is not None and not gate_first:
         heads.train(info, on_log)
     with scorer.leaving_out({"pics"} if gate_first else set()):
-        values, maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
-        defected = component_values(scorer, synthetic, False, batch) if synthetic is not None else None
+        values, maps = values_by_fold(scorer, reference, reference_is_training, batch, keep_maps=True)
+        defected = values_by_fold(scorer, synthetic, False, batch) if synthetic is not None else None
     fusion: dict[str, float] = {}
     if gate_first and gated_weights(values, defected, without("pics", weights))["knn"][1] < cfg.ics_gate:
         heads.train(info, on_log)  # the head is kept: train it, and add its values to the others
         with scorer.leaving_out(set(scorer.parts) - {"pics"}):
-            head_values, head_maps = component_values(scorer, reference, reference_is_training, batch, keep_maps=True)
+            head_values, head_maps = values_by_fold(scorer, reference, reference_is_training, batch, keep_maps=True)
             values.update(head_values)
             maps.update(head_maps)
-            defected.update(component_values(scorer, synthetic, False, batch))
+            defected.update(values_by_fold(scorer, synthetic, False, batch))
     if synthetic is not None:  # weights from normal images alone: held-out normals vs their synthetic defects
         if cfg.local_weights == "gated":  # drop the global component if it cannot see small local changes
             gated = gated_weights(values, defected, {p: w for p, w in weights.items() if p in values})
@@ -351,26 +354,34 @@ def fuse_global(classifier, autoencoder, embedder, cfg: ICSConfig, reference: to
     return scorer, fusion, np.sort(torch.sigmoid(z - scorer.offset).double().cpu().numpy())
 
 
-def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, cal_idx: np.ndarray, cfg: ICSConfig,
+def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, folds: list[np.ndarray], cfg: ICSConfig,
                device: torch.device, heads=None, info: dict | None = None,
                on_log=None) -> tuple[dict[str, float], np.ndarray]:
-    """A local scorer's fusion fitted on the held-out normals `images[cal_idx]` (the training images
-    `images[fit_idx]` when there are none) and written into its buffers; returns (fusion, the held-out normals'
-    sorted scores, empty without them). Weights "synthetic" and "gated" read copies of those normals with one
-    synthetic local defect each (synthetic.synthetic_defects). `heads`, `info`, `on_log`: the ICS heads still to
-    train, where the gate keeps them (fit_local_fusion)."""
+    """A local scorer's fusion fitted on the calibration normals `images[folds[k]]`, each fold scored by the model
+    fitted without it (`info["fold_banks"]`, local.fold_banks; the training images `images[fit_idx]`, scored by
+    the model itself leaving each image out of its own kNN, when there are no folds), and written into its
+    buffers; returns (fusion, the calibration normals' scores in the folds' order, empty without them). Weights "synthetic" and
+    "gated" read copies of those normals with one synthetic local defect each (synthetic.synthetic_defects),
+    scored by the same fold's model. `heads`, `info`, `on_log`: the ICS heads still to train, where the gate
+    keeps them (fit_local_fusion)."""
     from .tracing import onnx_runtime
     from .local import FloatBatches, scores_from_components
     from .synthetic import synthetic_defects
 
-    reference = FloatBatches(images, cfg.channels, device, rows=cal_idx if len(cal_idx) else fit_idx)
+    info = {} if info is None else info
+    banks = info.pop("fold_banks", None) or [None]
+    groups = folds if folds else [fit_idx]
+    reference = [(FloatBatches(images, cfg.channels, device, rows=rows), bank) for rows, bank in zip(groups, banks)]
     synthetic = None
     if cfg.local_weights in ("synthetic", "gated"):
-        base = images[cal_idx] if len(cal_idx) else images[fit_idx]
-        synthetic = FloatBatches(synthetic_defects(base, images[fit_idx[:64]], cfg.seed), cfg.channels, device)
-    with onnx_runtime(scorer.features, reference[:1]):  # the backbone in onnxruntime on the CPU (~3x eager)
-        fusion, values, maps = fit_local_fusion(scorer, reference, cfg, reference_is_training=not len(cal_idx),
+        base = images[np.concatenate(groups)]
+        defected = synthetic_defects(base, images[fit_idx[:64]], cfg.seed)
+        ends = np.cumsum([0] + [len(g) for g in groups])
+        synthetic = [(FloatBatches(defected[a:b], cfg.channels, device), bank)
+                     for a, b, bank in zip(ends[:-1], ends[1:], banks)]
+    with onnx_runtime(scorer.features, reference[0][0][:1]):  # the backbone in onnxruntime on the CPU (~3x eager)
+        fusion, values, maps = fit_local_fusion(scorer, reference, cfg, reference_is_training=not folds,
                                                 synthetic=synthetic, heads=heads, info=info, on_log=on_log)
     scorer.set_fusion(fusion)
     # the held-out normals' scores from the components already computed (a third backbone pass cost deeppcb 20 s)
-    return fusion, (np.sort(scores_from_components(scorer, values, maps)) if len(cal_idx) else np.zeros(0))
+    return fusion, (scores_from_components(scorer, values, maps) if folds else np.zeros(0))

@@ -161,6 +161,24 @@ class LocalScorer(FusionBuffers):
                                           skip_self=exclude_self)[0]
         return values, maps
 
+    @contextmanager
+    def fitted_without(self, fold: "FoldBank | None"):
+        """Within this block the kNN components read `fold`'s bank and training embeddings (fitted without that
+        fold's images: out-of-fold calibration, fusion.fit_local_fusion); None: the model's own."""
+        if fold is None:
+            yield
+            return
+        names = ("bank", "bank_mean", "train_embeddings", "train_mean")
+        before = {name: getattr(self, name) for name in names}
+        device = self.bank.device
+        try:
+            for name in names:
+                setattr(self, name, getattr(fold, name).to(device))
+            yield
+        finally:
+            for name, value in before.items():
+                setattr(self, name, value)
+
     def computes(self, part: str) -> bool:
         return part in self.parts and part not in self.silent
 
@@ -297,6 +315,21 @@ def component_values(scorer: LocalScorer, images, exclude_self: bool = False, ba
     return (out, {p: torch.cat(m) for p, m in maps.items()}) if keep_maps else out
 
 
+def values_by_fold(scorer: LocalScorer, pieces: list, exclude_self: bool = False, batch: int = 8,
+                   keep_maps: bool = False):
+    """component_values over `pieces`, [(images, FoldBank or None)], each scored with its fold's bank
+    (LocalScorer.fitted_without), concatenated in order."""
+    got = []
+    for images, fold in pieces:
+        with scorer.fitted_without(fold):
+            got.append(component_values(scorer, images, exclude_self, batch, keep_maps))
+    values = [g[0] if keep_maps else g for g in got]
+    joined = {p: np.concatenate([v[p] for v in values]) for p in values[0]}
+    if not keep_maps:
+        return joined
+    return joined, {p: torch.cat([g[1][p] for g in got]) for p in got[0][1]}
+
+
 @torch.no_grad()
 def fused_local_heat(scorer: LocalScorer, maps: dict[str, torch.Tensor], batch: int = 64,
                      calibrated: bool = True) -> torch.Tensor:
@@ -431,10 +464,42 @@ class FloatBatches:
         return torch.from_numpy(to_channels(self.pixels(index), self.channels)).to(self.device)
 
 
-def fit_local(images: FloatBatches, cfg,
-              on_features: Callable[[int], None] | None = None) -> tuple[LocalScorer, dict, "PendingHeads | None"]:
+class FoldBank:
+    """What the kNN components of a model fitted without some images (a calibration fold) read: its memory bank
+    and training embeddings, centred on their means as LocalScorer stores them."""
+
+    def __init__(self, bank: torch.Tensor, train_embeddings: torch.Tensor):
+        self.bank_mean, self.train_mean = bank.mean(0), train_embeddings.mean(0)
+        self.bank, self.train_embeddings = bank - self.bank_mean, train_embeddings - self.train_mean
+
+
+def choose_bank(patches: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """Rows of `patches` that form the memory bank: a greedy k-center coreset, or a fixed random subsample."""
+    if cfg.bank == "coreset":
+        return greedy_coreset(patches, cfg.bank_size, gen)
+    return torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
+
+
+def fold_banks(patches: torch.Tensor, owners: torch.Tensor, pooled: torch.Tensor, folds: list[np.ndarray], cfg,
+               gen: torch.Generator) -> list[FoldBank]:
+    """For each calibration fold, the bank and training embeddings fitted on the *other* images' patches, the
+    same way as the model's own (same candidates, same bank size): its images are scored as new images would be.
+    The ICS heads are not refitted per fold (a fold's images were among the ~30,000 patches they trained on:
+    the one part of the calibration that is not out of fold; a head costs ~30 s, the bank a few)."""
+    out = []
+    for rows in folds:
+        outside = ~torch.isin(owners, torch.as_tensor(rows, dtype=owners.dtype))
+        kept = patches[outside]
+        keep_images = np.setdiff1d(np.arange(len(pooled)), rows)
+        out.append(FoldBank(kept[choose_bank(kept, cfg, gen)], pooled[keep_images]))
+    return out
+
+
+def fit_local(images: FloatBatches, cfg, on_features: Callable[[int], None] | None = None,
+              folds: list[np.ndarray] | None = None) -> tuple[LocalScorer, dict, "PendingHeads | None"]:
     """Fit everything of a LocalScorer except its ICS heads and the fusion: brightness level, bank, training
-    embeddings (on_features(n) after each batch of images through the backbone).
+    embeddings (on_features(n) after each batch of images through the backbone); with `folds` (positions in
+    `images`), also each calibration fold's bank without its images (info["fold_banks"], fold_banks).
 
     Returns the scorer, what the bundle should record (timings), and the heads still to train (PendingHeads; None
     without "pics" in the score): the fusion trains them only where the gate keeps them (fusion.fit_local_fusion).
@@ -458,10 +523,7 @@ def fit_local(images: FloatBatches, cfg,
     timings = {"features_s": time.perf_counter() - t}
 
     t = time.perf_counter()
-    if cfg.bank == "coreset":
-        chosen = greedy_coreset(patches, cfg.bank_size, gen)
-    else:  # "random": a fixed random subsample
-        chosen = torch.randperm(len(patches), generator=gen)[:cfg.bank_size]
+    chosen = choose_bank(patches, cfg, gen)
     bank = patches[chosen]
     scorer.bank_mean = bank.mean(0).to(device)
     scorer.bank = (bank - bank.mean(0)).to(device)
@@ -470,6 +532,11 @@ def fit_local(images: FloatBatches, cfg,
     timings["bank_s"] = time.perf_counter() - t
 
     info: dict = {"patch_split": cfg.patch_split, "patch_heads": len(head_members(scorer.head)), "timings": timings}
+    if folds:
+        t = time.perf_counter()
+        # their own generator: the heads' draws (from `gen`, below) stay those of a fit without calibration
+        info["fold_banks"] = fold_banks(patches, owners, pooled, folds, cfg, torch.Generator().manual_seed(cfg.seed + 1))
+        timings["fold_banks_s"] = time.perf_counter() - t
     heads = PendingHeads(scorer, images, cfg, patches, owners, chosen, gen)
     if "pics" not in parts:  # no ICS head in the score: nothing to train (train_patch_heads records the split size)
         train_patch_heads(heads.members, heads.member_seeds, patches, owners, chosen, gen, None, cfg, False, info)
