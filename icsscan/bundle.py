@@ -387,7 +387,7 @@ def load(cls, directory: str | os.PathLike, device: str = "auto"):
         det.local_info_ = meta.get("local")
     else:
         det.embed_info_ = meta.get("embedding")
-    det.train_paths_ = det.calibration_paths_ = None
+    det.train_paths_ = det.calibration_paths_ = det.out_of_fold_scores_ = None  # calibration.json: scores sorted
     parity = directory / "parity_inputs.npy"
     try:
         det.parity_inputs_ = np.load(parity, allow_pickle=False) if parity.exists() else None

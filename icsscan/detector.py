@@ -59,7 +59,9 @@ class ICSDetector(BaseEstimator):
     Attributes after `fit` (and after `load`, as far as the bundle holds them)
     ----------------------
     config_, image_size_, channels_, classifier_, autoencoder_, scorer_, split_ (dict), calibration_scores_
-    (sorted scores of held-out normals), threshold_ (0.5 raw score),
+    (sorted scores of held-out normals), out_of_fold_scores_ (the same in calibration_paths_' order; local
+    models: each scored by a model fitted without it; None after load), threshold_ (0.5 raw score),
+    known_defects_ (fit with defects: the recipes weighed, the one kept, threshold auto; else None),
     train_log_, failures_, timings_.
     """
 
@@ -281,7 +283,7 @@ class ICSDetector(BaseEstimator):
             self.fusion_ = fusion
         if scores is None:
             scores = np.sort(self._score_tensor(reference)) if len(cal_idx) else np.zeros(0)
-        self.calibration_scores_ = scores
+        self.calibration_scores_ = self.out_of_fold_scores_ = scores  # held out: out of fold (sorted)
         return self._fitted(loaded, fit_idx, cal_idx, PARITY_SAMPLES, timings, t, t_start)
 
     def _fit_local(self, cfg: ICSConfig, loaded: data.LoadedImages, device: torch.device, timings: dict,

@@ -114,22 +114,29 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
 
 
 @pytest.mark.slow
-def test_fused_calibration_puts_half_at_the_normal_quantile(parts):
-    """The offset fitted in numpy (fusion.calibrate_fused_local) is the one the model's forward needs: on the
-    held-out normals (10 of the 40 here), the (1 − ρ) quantile of the model's own scores sits at 0.5 (logit 0)."""
+def test_fused_calibration_puts_half_at_the_normal_quantile_of_out_of_fold_scores(parts):
+    """The fused score's offset is fitted on the calibration normals' out-of-fold scores (all 40 here, in 5 folds):
+    the (1 − ρ) quantile of them sits at 0.5 (logit 0). The model's own scores of those images, which it trained
+    on, are lower: what calibrating on them would have promised too few false alarms for. And the scores
+    calibration computes from stored components are those the scorer's forward pass gives."""
     from icsscan import ICSDetector
     from icsscan.config import preset_config
+    from icsscan.data import find_images, load_images
+    from icsscan.local import FloatBatches, component_values, scores_from_components
 
     det = ICSDetector(config=preset_config("default", seed=0, calibration_fraction=0.25, **SMALL))
     det.fit(parts["root"] / "good")
     scores = np.clip(det.calibration_scores_, 1e-12, 1 - 1e-12)
-    assert len(scores) == 10 and det.config_.local_aggregate == "fused"
+    assert len(scores) == 40 and det.local_info_["calibration_folds"] == 5 and det.config_.local_aggregate == "fused"
     logit = np.log(scores) - np.log1p(-scores)
     assert abs(np.quantile(logit, 1 - det.config_.rho)) < 1e-4
-    # those scores (from the components computed while calibrating) are the model's own on the held-out images
-    held_out = [p for p in sorted((parts["root"] / "good").iterdir()) if str(p) in set(det.calibration_paths_)]
-    # (to 1e-4: calibration ran the backbone in onnxruntime, score_samples in PyTorch)
-    np.testing.assert_allclose(np.sort(det.score_samples(held_out)), det.calibration_scores_, atol=1e-4)
+    in_sample = det.score_samples(det.calibration_paths_)
+    assert np.median(in_sample) < np.median(det.out_of_fold_scores_)
+    assert np.mean(in_sample < det.out_of_fold_scores_) > 0.75
+    loaded = load_images(find_images(parts["root"] / "test"), (W, H))
+    values, maps = component_values(det.scorer_, FloatBatches(loaded.images, 1, torch.device("cpu")), keep_maps=True)
+    np.testing.assert_allclose(scores_from_components(det.scorer_, values, maps), det.score_samples(loaded.paths),
+                               atol=1e-5)
 
 
 @pytest.mark.slow
@@ -567,7 +574,7 @@ def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp
     from icsscan.config import preset_config
 
     det = ICSDetector(config=preset_config("default", seed=0, score="patch_knn+global_knn", calibration_fraction=0.25,
-                                           map_smoothing=1.5, **SMALL))  # 10 of 40 held out: the edges are calibrated
+                                           map_smoothing=1.5, **SMALL))  # calibrated: the edges too
     det.fit(parts["root"] / "good").save(tmp_path / "m")
     back = ICSDetector.load(tmp_path / "m", device="cpu")
     names = {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
@@ -704,16 +711,17 @@ def fused_after_fit_local(parts, cfg, train_first: bool) -> tuple[dict, np.ndarr
     from icsscan.data import find_images, load_images
     from icsscan.fusion import fuse_local
     from icsscan.local import FloatBatches, fit_local
-    from icsscan.thresholds import calibration_holdout
+    from icsscan.thresholds import calibration_folds
 
     cpu = torch.device("cpu")
     loaded = load_images(find_images(parts["root"] / "good"), (W, H))
-    fit_idx, cal_idx = calibration_holdout(len(loaded.images), cfg.calibration_fraction, cfg.seed)
-    scorer, info, heads = fit_local(FloatBatches(loaded.images, cfg.channels, cpu, rows=fit_idx), cfg)
+    fit_idx = np.arange(len(loaded.images))
+    folds = calibration_folds(len(loaded.images), cfg.calibration_fraction, cfg.seed)
+    scorer, info, heads = fit_local(FloatBatches(loaded.images, cfg.channels, cpu), cfg, folds=folds)
     if train_first:
         heads.train(info)
         heads = None
-    fusion, scores = fuse_local(scorer, loaded.images, fit_idx, cal_idx, cfg, cpu, heads, info)
+    fusion, scores = fuse_local(scorer, loaded.images, fit_idx, folds, cfg, cpu, heads, info)
     return fusion, scores, info
 
 
@@ -725,7 +733,7 @@ def test_ics_head_gate_decided_before_training_gives_the_fusion_of_training_firs
 
     from icsscan import ICSDetector
 
-    cfg = replace(ICSDetector.load(local_model).config_, calibration_fraction=0.5)  # 20 held-out normals
+    cfg = replace(ICSDetector.load(local_model).config_, calibration_fraction=0.5)  # all 40, out of fold
     knn_auc = fused_after_fit_local(parts, replace(cfg, ics_gate=1.0), True)[0]["knn_synthetic_auc"]
     assert knn_auc < 0.999  # so that a gate just above it (< 1) is read before the head's training, and keeps it
     for gate in (0.0, knn_auc + 1e-9):  # AUC ≥ 0: dropped; AUC just under the gate: kept
