@@ -21,7 +21,11 @@ def save_loss_curve(log: list[dict], path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.set_title("training losses")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:  # nothing trained by a loss (a local model whose gate dropped its ICS head): say so, not an empty legend
+        ax.set_yscale("linear")
+        ax.text(0.5, 0.5, "no network was trained with a loss here", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -128,3 +128,21 @@ def test_out_of_fold_calibration_keeps_its_promise_on_a_small_folder():
     assert np.mean(new_good >= det.threshold_for_false_alarm_rate(0.05)) <= 0.12
     in_sample = det.score_samples(det.calibration_paths_)
     assert np.mean(new_good >= np.quantile(in_sample, 0.9)) > 0.2  # what in-sample calibration would promise
+
+
+def test_the_rule_keeps_the_default_unless_a_challenger_beats_it_beyond_noise():
+    """recipes.choose: a challenger a little ahead on five defects is noise (the default stays); one that
+    separates them where the default cannot is kept; of two that do equally, the faster."""
+    from icsscan.recipes import choose
+
+    rng = np.random.default_rng(0)
+    good = rng.normal(0, 1, 60)
+    default = {"good": good, "defects": np.array([0.2, 0.9, 1.4, 2.2, -0.3]), "fit_s": 30.0}
+    # another recipe scores the same images with noise of its own, some defects higher, some lower
+    slightly = {"good": good + rng.normal(0, 0.3, 60), "defects": np.array([0.9, 0.6, 2.0, 2.1, -0.2]), "fit_s": 10.0}
+    assert choose([default, slightly]) == 0 and slightly["auroc"] > default["auroc"]
+    assert 0 < slightly["confidence"] < 0.95
+    clearly = {"good": good, "defects": np.array([3.1, 3.5, 4.0, 2.9, 3.3]), "fit_s": 50.0}
+    also = {"good": good, "defects": np.array([3.2, 3.6, 4.1, 3.0, 3.4]), "fit_s": 20.0}
+    assert choose([default, slightly, clearly]) == 2 and clearly["confidence"] >= 0.95
+    assert choose([default, clearly, also]) == 2  # both AUROC 1.0: the faster
