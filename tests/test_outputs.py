@@ -256,7 +256,7 @@ def test_full_disk_while_saving_the_bundle_keeps_the_previous_one(fitted, tmp_pa
     with pytest.raises(OutputError, match="no space left on device while saving the model bundle"):
         fitted.save(target)
 
-    def fit(self, X, y=None, split=None):  # no training: the test is about the save
+    def fit(self, X, y=None, split=None, defects=None):  # no training: the test is about the save
         self.__dict__.update(fitted.__dict__)
         return self
 
