@@ -188,7 +188,7 @@ def fit_fusion(scorer: AnomalyScorer, reference: torch.Tensor, rho: float, synth
 @torch.no_grad()
 def fit_local_fusion(scorer, reference: list, cfg: ICSConfig, batch: int = 8,
                      reference_is_training: bool = False, synthetic: list | None = None,
-                     heads=None, info: dict | None = None, on_log=None):
+                     heads=None, info: dict | None = None, on_log=None, head_allowed: bool = True):
     """Centre and spread of each local component on held-out normals, and the offset putting 0.5 at (1 − ρ).
     Returns (fusion, values, maps): the fitted buffers' values, and the reference's image-level components and
     local maps they were fitted on (local.scores_from_components turns them into the reference's scores).
@@ -201,6 +201,9 @@ def fit_local_fusion(scorer, reference: list, cfg: ICSConfig, batch: int = 8,
     but drops the global gknn when it cannot tell the two sets apart better than chance (gated_weights) and the
     ICS head where the patch kNN alone tells them apart (without_redundant_head); "synthetic" makes each
     component's share grow with how well it separates them.
+
+    `head_allowed` False (a folder calibrated in several folds, detector._fit_local): a gated head is left out as
+    if the gate had dropped it (never trained), since its scores of the calibration images would be in-sample.
 
     `heads` (local.PendingHeads): the ICS heads, not trained yet. Where the gate can drop them, the components
     without them are computed first and the heads are trained (on_log sees their log; `info` gets their split
@@ -221,7 +224,8 @@ def fit_local_fusion(scorer, reference: list, cfg: ICSConfig, batch: int = 8,
         values, maps = values_by_fold(scorer, reference, reference_is_training, batch, keep_maps=True)
         defected = values_by_fold(scorer, synthetic, False, batch) if synthetic is not None else None
     fusion: dict[str, float] = {}
-    if gate_first and gated_weights(values, defected, without("pics", weights))["knn"][1] < cfg.ics_gate:
+    if (gate_first and head_allowed  # not allowed: left out as if the gate had dropped it, never trained
+            and gated_weights(values, defected, without("pics", weights))["knn"][1] < cfg.ics_gate):
         heads.train(info, on_log)  # the head is kept: train it, and add its values to the others
         with scorer.leaving_out(set(scorer.parts) - {"pics"}):
             head_values, head_maps = values_by_fold(scorer, reference, reference_is_training, batch, keep_maps=True)
@@ -356,7 +360,7 @@ def fuse_global(classifier, autoencoder, embedder, cfg: ICSConfig, reference: to
 
 def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, folds: list[np.ndarray], cfg: ICSConfig,
                device: torch.device, heads=None, info: dict | None = None,
-               on_log=None) -> tuple[dict[str, float], np.ndarray]:
+               on_log=None, head_allowed: bool = True) -> tuple[dict[str, float], np.ndarray]:
     """A local scorer's fusion fitted on the calibration normals `images[folds[k]]`, each fold scored by the model
     fitted without it (`info["fold_banks"]`, local.fold_banks; the training images `images[fit_idx]`, scored by
     the model itself leaving each image out of its own kNN, when there are no folds), and written into its
@@ -381,7 +385,8 @@ def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, folds: list[np.n
                      for a, b, bank in zip(ends[:-1], ends[1:], banks)]
     with onnx_runtime(scorer.features, reference[0][0][:1]):  # the backbone in onnxruntime on the CPU (~3x eager)
         fusion, values, maps = fit_local_fusion(scorer, reference, cfg, reference_is_training=not folds,
-                                                synthetic=synthetic, heads=heads, info=info, on_log=on_log)
+                                                synthetic=synthetic, heads=heads, info=info, on_log=on_log,
+                                                head_allowed=head_allowed)
     scorer.set_fusion(fusion)
     # the held-out normals' scores from the components already computed (a third backbone pass cost deeppcb 20 s)
     return fusion, (scores_from_components(scorer, values, maps) if folds else np.zeros(0))

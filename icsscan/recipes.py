@@ -28,15 +28,16 @@ RESAMPLES = 2000
 LARGER_BANK = 2     # the "larger bank" candidate: this many times the default's bank
 
 
-def candidate_configs(cfg, fusion: dict[str, float]) -> list[tuple[str, Any]]:
+def candidate_configs(cfg, fusion: dict[str, float], head_possible: bool = True) -> list[tuple[str, Any]]:
     """[(name, config)] of the challengers to a fitted default with config `cfg` (its "auto" choices resolved)
-    and fusion `fusion`: brightness the other way, the patch ICS head the other way (when the score has one), a
-    larger memory bank. Each differs from the default in one choice only."""
+    and fusion `fusion`: brightness the other way, the patch ICS head the other way (when the score has one and
+    `head_possible`: not in a folder calibrated in several folds, where the head is left out), a larger memory
+    bank. Each differs from the default in one choice only."""
     from .config import score_parts
 
     normalised = bool(cfg.normalise_brightness)
     out = [("brightness " + ("kept" if normalised else "normalised"), replace(cfg, normalise_brightness=not normalised))]
-    if "pics" in score_parts(cfg.score):
+    if "pics" in score_parts(cfg.score) and head_possible:
         head_kept = float(fusion.get("pics_weight", 0.0)) > 0
         # ics_gate 0: the head is always dropped (and never trained); 1: always kept
         out.append(("patch ICS head " + ("off" if head_kept else "on"), replace(cfg, ics_gate=0.0 if head_kept else 1.0)))
