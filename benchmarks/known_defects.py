@@ -159,7 +159,9 @@ def write_report(measured: list[dict], small: list[dict], args) -> None:
     sets = [m["set"] for m in measured]
     lines = ["# Known defects pick the recipe; thresholds on small folders (`benchmarks/known_defects.py`)", "",
              f"Written {now_iso()} by `python benchmarks/known_defects.py {' '.join(sys.argv[1:])}`; torch threads "
-             f"{args.threads}; machine `{json.dumps(machine())}`; versions `{json.dumps(versions())}`.", "",
+             f"{args.threads}; machine `{json.dumps(machine())}`; versions `{json.dumps(versions())}`. The rows come "
+             "from the cache that the measuring runs wrote (`--parts recipes` and `--parts small`, a few sets per "
+             "process, 3-4 processes on the 2-core box at once: fit seconds are not product speeds).", "",
              "## Recipes chosen by k known defects (image AUROC on the remaining test images, mean of 3 draws)", "",
              "| set | k | kept (3 draws) | kept | label-free default | best single recipe in hindsight | kept − default |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
