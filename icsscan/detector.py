@@ -167,7 +167,7 @@ class ICSDetector(BaseEstimator):
         self.config_, self.image_size_, self.channels_ = cfg, size, channels
         self.failures_ = loaded.failures
         self.metadata_ = None  # a loaded bundle's config.json (bundle.load); a fitted model's is bundle.metadata
-        self.known_defects_ = None  # fit(defects=...) sets it (_fit_with_defects)
+        self.known_defects_ = None  # fit(defects=...) sets it (recipes.fit_with_defects)
         w, h = data.wh(size)
         kind = ("backbone " + cfg.backbone + " (local scores)" if cfg.is_local else
                 f"score {cfg.score} ({networks_of(cfg)})")
@@ -216,12 +216,14 @@ class ICSDetector(BaseEstimator):
         images is an error. `y` is ignored (one-class: every image is assumed normal). `split` reuses a
         split.csv from `icsscan split` (and its autoencoder.pt, when one lies beside it and fits).
         `defects`: known defective images (a folder, path list or array; local models): they choose among
-        candidate recipes and give `threshold auto`, and never train anything (recipes.py; `known_defects_`).
+        candidate recipes and give `threshold auto`, and never train anything (recipes.fit_with_defects; `known_defects_`).
         """
         if defects is not None:
             if split is not None:
                 raise UsageError("--defects and --split do not go together (--split is for global models)")
-            return self._fit_with_defects(X, defects)
+            from .recipes import fit_with_defects
+
+            return fit_with_defects(self, X, defects)
         t_start = time.perf_counter()
         cfg, loaded, device, timings = self._load_for_fit(X)
         if cfg.is_local:
@@ -332,74 +334,6 @@ class ICSDetector(BaseEstimator):
         self.split_ = None
         self.rot_accuracy_ = None
         return self._fitted(loaded, fit_idx, cal_idx, LOCAL_PARITY_SAMPLES, timings, t, t_start)
-
-    # ----------------------------------------------------------------------------------------- known defects
-    def _read_known_defects(self, X: Any, defects: Any) -> tuple[np.ndarray, dict]:
-        """The known defects decoded at the input size a local model of X gets, and what to record of them;
-        refused (UsageError: exit 2, before any training) when none is readable, when they overlap the good
-        images, or when X makes a global model. Unreadable files are listed (a warning each) and skipped."""
-        cfg = resolve_backbone(self._resolved_config(), data.input_shape(X))
-        if not cfg.is_local:
-            raise UsageError("--defects: known defects choose among the recipes of local models (images larger "
-                             "than 64 px, or --backbone efficientnet-lite0); this folder makes a global model")
-        shape = data.input_shape(X)
-        size = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
-        if isinstance(defects, np.ndarray):
-            return array_to_rgb(defects, size), {"source": f"array of {len(defects)}", "n_unreadable": 0}
-        where = str(defects)
-        paths = list_inputs(defects)
-        if not paths:
-            raise UsageError(f"--defects {where}: no image files in it")
-        if not isinstance(X, np.ndarray):
-            good = {os.path.realpath(p) for p in list_inputs(X)}
-            shared = [p for p in paths if os.path.realpath(p) in good]
-            if shared:
-                raise UsageError(f"--defects {where}: {len(shared)} of its files are also among the good images "
-                                 f"(e.g. {data.printable(shared[0])}); known defects must be kept apart from them")
-        loaded = self._read(paths, size, warn=True)
-        if not len(loaded.images):
-            raise UsageError(f"--defects {where}: none of its {len(paths)} files is a readable image")
-        return loaded.images, {"source": where, "n_unreadable": len(loaded.failures),
-                               "unreadable": [f"{f.path}: {f.reason}" for f in loaded.failures]}
-
-    def _fit_with_defects(self, X: Any, defects: Any) -> "ICSDetector":
-        """fit() with known defects: fit the default, then each challenger of recipes.candidate_configs on the
-        same good images; keep the one recipes.choose picks; record them all and threshold auto in
-        `known_defects_`."""
-        from . import recipes
-
-        t_start = time.perf_counter()
-        defect_images, record = self._read_known_defects(X, defects)
-        self.fit(X)
-        if not len(self.out_of_fold_scores_):
-            raise UsageError("--defects needs calibration (out-of-fold scores of the good images): "
-                             "train without --calibration-fraction 0")
-        rows = [{"name": "default", "detector": self, "fit_s": self.timings_["total_s"]}]
-        for name, cfg in recipes.candidate_configs(self.config_, self.fusion_,
-                                                   head_possible=self.local_info_["calibration_folds"] <= 1):
-            self._say(f"icsscan: known defects: fitting the candidate '{name}'")
-            other = ICSDetector(config=cfg, verbose=False, workers=self.workers)
-            other.progress = self.progress
-            other.fit(X)
-            rows.append({"name": name, "detector": other, "fit_s": other.timings_["total_s"]})
-        for row in rows:
-            row["good"] = row["detector"].out_of_fold_scores_
-            row["defects"] = row["detector"].score_samples(defect_images)
-        kept = recipes.choose(rows, self.config_.seed)
-        chosen = rows[kept]["detector"]
-        if chosen is not self:  # adopt the chosen fit: every fitted attribute (they end in "_")
-            self.__dict__.update({k: v for k, v in vars(chosen).items() if k.endswith("_")})
-        auto = recipes.separating_threshold(rows[kept]["good"], rows[kept]["defects"])
-        self.known_defects_ = {
-            **record, "n_defects": len(defect_images), "n_good_out_of_fold": len(rows[kept]["good"]),
-            "rule": f"the default unless a candidate's AUROC beats it in ≥ {recipes.CONFIDENCE:.0%} of paired "
-                    "bootstrap resamples; then the best such (equal ones: the fastest)",
-            "candidates": [{"name": r["name"], "auroc": round(r["auroc"], 4),
-                            "confidence_beats_default": None if r["confidence"] is None else round(r["confidence"], 3),
-                            "fit_s": round(r["fit_s"], 1), "kept": i == kept} for i, r in enumerate(rows)],
-            "kept": rows[kept]["name"], "threshold_auto": auto}
-        self.timings_ = {**self.timings_, "known_defects_total_s": time.perf_counter() - t_start}
-        return self
 
     def _fitted(self, loaded: data.LoadedImages, fit_idx: np.ndarray, cal_idx: np.ndarray, parity_samples: int,
                 timings: dict, t_calibrate: float, t_start: float) -> "ICSDetector":

@@ -18,10 +18,17 @@ within noise (one defect moves the AUROC by up to 1/k), and a coin flip between 
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
+from . import data
+from .config import resolve_backbone
+from .data import array_to_rgb, list_inputs
+from .errors import UsageError
 
 CONFIDENCE = 0.95   # a challenger must beat the default in this share of paired bootstrap resamples
 RESAMPLES = 2000
@@ -104,3 +111,73 @@ def separating_threshold(good: np.ndarray, defects: np.ndarray) -> dict[str, flo
     threshold = float((top + below.max()) / 2) if len(below) else top
     return {"threshold": threshold, "defects_flagged": float(np.mean(defects >= threshold)),
             "good_flagged": float(np.mean(good >= threshold))}
+
+
+# ---------------------------------------------------------------- fit with known defects (ICSDetector.fit)
+
+def read_known_defects(det, X: Any, defects: Any) -> tuple[np.ndarray, dict]:
+    """The known defects decoded at the input size a local model of X gets, and what to record of them;
+    refused (UsageError: exit 2, before any training) when none is readable, when they overlap the good
+    images, or when X makes a global model. Unreadable files are listed (a warning each) and skipped."""
+    cfg = resolve_backbone(det._resolved_config(), data.input_shape(X))
+    if not cfg.is_local:
+        raise UsageError("--defects: known defects choose among the recipes of local models (images larger "
+                         "than 64 px, or --backbone efficientnet-lite0); this folder makes a global model")
+    shape = data.input_shape(X)
+    size = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
+    if isinstance(defects, np.ndarray):
+        return array_to_rgb(defects, size), {"source": f"array of {len(defects)}", "n_unreadable": 0}
+    where = str(defects)
+    paths = list_inputs(defects)
+    if not paths:
+        raise UsageError(f"--defects {where}: no image files in it")
+    if not isinstance(X, np.ndarray):
+        good = {os.path.realpath(p) for p in list_inputs(X)}
+        shared = [p for p in paths if os.path.realpath(p) in good]
+        if shared:
+            raise UsageError(f"--defects {where}: {len(shared)} of its files are also among the good images "
+                             f"(e.g. {data.printable(shared[0])}); known defects must be kept apart from them")
+    loaded = det._read(paths, size, warn=True)
+    if not len(loaded.images):
+        raise UsageError(f"--defects {where}: none of its {len(paths)} files is a readable image")
+    return loaded.images, {"source": where, "n_unreadable": len(loaded.failures),
+                           "unreadable": [f"{f.path}: {f.reason}" for f in loaded.failures]}
+
+
+def fit_with_defects(det, X: Any, defects: Any):
+    """fit() with known defects: fit the default, then each challenger of candidate_configs on the
+    same good images; keep the one choose picks; record them all and threshold auto in
+    `known_defects_`."""
+    t_start = time.perf_counter()
+    defect_images, record = read_known_defects(det, X, defects)
+    det.fit(X)
+    if not len(det.out_of_fold_scores_):
+        raise UsageError("--defects needs calibration (out-of-fold scores of the good images): "
+                         "train without --calibration-fraction 0")
+    rows = [{"name": "default", "detector": det, "fit_s": det.timings_["total_s"]}]
+    for name, cfg in candidate_configs(det.config_, det.fusion_,
+                                       head_possible=det.local_info_["calibration_folds"] <= 1):
+        det._say(f"icsscan: known defects: fitting the candidate '{name}'")
+        other = type(det)(config=cfg, verbose=False, workers=det.workers)
+        other.progress = det.progress
+        other.fit(X)
+        rows.append({"name": name, "detector": other, "fit_s": other.timings_["total_s"]})
+    for row in rows:
+        row["good"] = row["detector"].out_of_fold_scores_
+        row["defects"] = row["detector"].score_samples(defect_images)
+    kept = choose(rows, det.config_.seed)
+    chosen = rows[kept]["detector"]
+    if chosen is not det:  # adopt the chosen fit: every fitted attribute (they end in "_")
+        det.__dict__.update({k: v for k, v in vars(chosen).items() if k.endswith("_")})
+    auto = separating_threshold(rows[kept]["good"], rows[kept]["defects"])
+    det.known_defects_ = {
+        **record, "n_defects": len(defect_images), "n_good_out_of_fold": len(rows[kept]["good"]),
+        "rule": f"the default unless a candidate's AUROC beats it in ≥ {CONFIDENCE:.0%} of paired "
+                "bootstrap resamples; then the best such (equal ones: the fastest)",
+        "candidates": [{"name": r["name"], "auroc": round(r["auroc"], 4),
+                        "confidence_beats_default": None if r["confidence"] is None else round(r["confidence"], 3),
+                        "fit_s": round(r["fit_s"], 1), "kept": i == kept} for i, r in enumerate(rows)],
+        "kept": rows[kept]["name"], "threshold_auto": auto}
+    det.timings_ = {**det.timings_, "known_defects_total_s": time.perf_counter() - t_start}
+    return det
+
