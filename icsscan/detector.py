@@ -216,7 +216,8 @@ class ICSDetector(BaseEstimator):
         images is an error. `y` is ignored (one-class: every image is assumed normal). `split` reuses a
         split.csv from `icsscan split` (and its autoencoder.pt, when one lies beside it and fits).
         `defects`: known defective images (a folder, path list or array; local models): they choose among
-        candidate recipes and give `threshold auto`, and never train anything (recipes.fit_with_defects; `known_defects_`).
+        candidate recipes and give `threshold auto`, and never train anything (recipes.fit_with_defects;
+        `known_defects_`).
         """
         if defects is not None:
             if split is not None:
