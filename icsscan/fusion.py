@@ -364,9 +364,9 @@ def fuse_local(scorer, images: np.ndarray, fit_idx: np.ndarray, folds: list[np.n
     """A local scorer's fusion fitted on the calibration normals `images[folds[k]]`, each fold scored by the model
     fitted without it (`info["fold_banks"]`, local.fold_banks; the training images `images[fit_idx]`, scored by
     the model itself leaving each image out of its own kNN, when there are no folds), and written into its
-    buffers; returns (fusion, the calibration normals' scores in the folds' order, empty without them). Weights "synthetic" and
-    "gated" read copies of those normals with one synthetic local defect each (synthetic.synthetic_defects),
-    scored by the same fold's model. `heads`, `info`, `on_log`: the ICS heads still to train, where the gate
+    buffers; returns (fusion, the calibration normals' scores in the folds' order, empty without them).
+    Weights "synthetic" and "gated" read copies of those normals with one synthetic local defect each
+    (synthetic.synthetic_defects), scored by the same fold's model. `heads`, `info`, `on_log`: the ICS heads still to train, where the gate
     keeps them (fit_local_fusion)."""
     from .tracing import onnx_runtime
     from .local import FloatBatches, scores_from_components

@@ -119,11 +119,11 @@ def read_known_defects(det, X: Any, defects: Any) -> tuple[np.ndarray, dict]:
     """The known defects decoded at the input size a local model of X gets, and what to record of them;
     refused (UsageError: exit 2, before any training) when none is readable, when they overlap the good
     images, or when X makes a global model. Unreadable files are listed (a warning each) and skipped."""
-    cfg = resolve_backbone(det._resolved_config(), data.input_shape(X))
+    shape = data.input_shape(X)  # reads image headers: once
+    cfg = resolve_backbone(det._resolved_config(), shape)
     if not cfg.is_local:
         raise UsageError("--defects: known defects choose among the recipes of local models (images larger "
                          "than 64 px, or --backbone efficientnet-lite0); this folder makes a global model")
-    shape = data.input_shape(X)
     size = data.local_input_size(shape, cfg.image_size, cfg.local_min_side, cfg.local_max_side)
     if isinstance(defects, np.ndarray):
         return array_to_rgb(defects, size), {"source": f"array of {len(defects)}", "n_unreadable": 0}
