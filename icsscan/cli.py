@@ -258,9 +258,10 @@ def train(
         det.save(out, extra_files={"loss_curve.png": lambda p: save_loss_curve(det.train_log_, p)})
         cal = det.calibration_scores_
         rate = f"{false_alarm_rate(cal, DEFAULT_THRESHOLD):.1%}" if len(cal) else "unknown (no calibration)"
-        if det.config_.is_local:  # every image trains; the calibration images are scored out of fold
-            images = (f"{det.n_train_} training images, {det.n_calibration_} of them scored out of fold to calibrate"
-                      if det.n_calibration_ else f"{det.n_train_} training images, no calibration")
+        if det.config_.is_local and det.local_info_.get("calibration_folds", 0) > 1:  # every image trains
+            images = f"{det.n_train_} training images, {det.n_calibration_} of them scored out of fold to calibrate"
+        elif det.config_.is_local and not det.n_calibration_:
+            images = f"{det.n_train_} training images, no calibration"
         else:
             images = f"{det.n_train_} training + {det.n_calibration_} calibration images"
         seconds = det.timings_.get("known_defects_total_s", det.timings_["total_s"])

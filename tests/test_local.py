@@ -141,6 +141,22 @@ def test_fused_calibration_puts_half_at_the_normal_quantile_of_out_of_fold_score
 
 
 @pytest.mark.slow
+def test_one_calibration_fold_is_a_held_out_split(parts, monkeypatch):
+    """Where the calibration is one fold (folders of ~500 images and more; forced here on 40), the model is that
+    fold's model: fitted without the fold's images, so its own scores of them are the calibration scores."""
+    import icsscan.detector as detector
+    from icsscan import ICSDetector
+    from icsscan.config import preset_config
+
+    monkeypatch.setattr(detector, "calibration_folds", lambda n, fraction, seed: [np.arange(0, n, 5)])
+    det = ICSDetector(config=preset_config("default", seed=0, **SMALL)).fit(parts["root"] / "good")
+    assert (det.n_train_, det.n_calibration_, det.local_info_["calibration_folds"]) == (32, 8, 1)
+    assert not set(det.train_paths_) & set(det.calibration_paths_)
+    np.testing.assert_allclose(det.score_samples(det.calibration_paths_), det.out_of_fold_scores_, atol=1e-5)
+    assert det.local_info_["patch_ics_head_left_out"] is False  # one fold: the head's calibration is held out too
+
+
+@pytest.mark.slow
 def test_bundle_from_before_the_fused_aggregate_still_loads(parts, tmp_path):
     """A bundle trained with the earlier aggregate (each map's own top-k), one ICS head and 3×3-averaged patch
     features, saved without the newer keys, loads as "separate", one head, 3×3, and scores as it did."""
