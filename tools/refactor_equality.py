@@ -35,12 +35,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 CASTING = ROOT.parent / "shared" / "data" / "industrial" / "casting"
+BRICK = ROOT.parent / "shared" / "data" / "industrial" / "brick_cracks"
 # data set name → (training folder, test folder, the backbone and score `auto` resolved to at the base commit)
 DATASETS = {
     "sample": (ROOT / "sample_data" / "good", ROOT / "sample_data" / "incoming",
                {"backbone": "small", "score": "eknn+eics+ssim", "global_weights": "synthetic"}),
     "casting": (CASTING / "train" / "good", CASTING / "test",
                 {"backbone": "efficientnet-lite0", "score": "knn+pics+gknn"}),
+    # 250 images: calibrated in two folds (thresholds.calibration_folds), where casting's 800 have one
+    "brick_cracks": (BRICK / "train" / "good", BRICK / "test",
+                     {"backbone": "efficientnet-lite0", "score": "knn+pics+gknn"}),
 }
 # icsscan/config.py ICSConfig() at commit 166dc37 (the base of issue 32), every field
 PINNED = {
