@@ -38,12 +38,20 @@ def test_presets_differ_as_documented():
     assert ICSConfig.from_dict(default.to_dict()) == default
 
 
-@pytest.mark.slow
-def test_fit_on_arrays_with_calibration_and_percentiles():
+@pytest.fixture(scope="module")
+def zeros_fit():
+    """150 MNIST zeros (an array), briefly trained: shared by the tests below, which must not modify it."""
     x, y = mnist("MNIST", True)
-    zeros, others = x[y == 0][:150], x[y == 1][:40]
+    zeros = x[y == 0][:150]
     cfg = preset_config("default", ae_epochs=3, backbone="small", **QUICK)
-    det = ICSDetector(config=cfg).fit(zeros)
+    return ICSDetector(config=cfg).fit(zeros), zeros
+
+
+@pytest.mark.slow
+def test_fit_on_arrays_with_calibration_and_percentiles(zeros_fit):
+    x, y = mnist("MNIST", True)
+    det, zeros = zeros_fit
+    others = x[y == 1][:40]
     assert det.image_size_ == 28 and det.channels_ == 1
     assert det.n_calibration_ == 30 and len(det.calibration_scores_) == 30
     assert int(det.split_["atypical"].sum()) == 12  # floor(0.1 * 120)
@@ -81,13 +89,13 @@ def fitted_attributes(det) -> set[str]:
     return {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
 
 
-def test_the_same_attributes_after_fit_and_after_load(tmp_path):
+def test_the_same_attributes_after_fit_and_after_load(zeros_fit, tmp_path):
     """What a fit leaves is there after load too (the image lists as None: the bundle stores only their hash);
     a fitted model and its loaded bundle score alike, and a clone of the fitted one refits from scratch."""
     from sklearn.base import clone
 
     x, y = mnist("MNIST", True)
-    det = ICSDetector(backbone="small", **QUICK).fit(x[y == 1][:60])
+    det = zeros_fit[0]
     det.save(tmp_path / "m", export_onnx=False)
     back = ICSDetector.load(tmp_path / "m", device="cpu")
     assert FITTED <= fitted_attributes(det) and fitted_attributes(det) == fitted_attributes(back)

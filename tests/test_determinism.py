@@ -15,9 +15,9 @@ def two_fits(tmp_path_factory):
     from icsscan.config import preset_config
     from icsscan.bundle import write_split_rows
 
-    # 120 of the sample's good images, small batches: a real (short) run of every stage, in seconds
-    paths = sorted((SAMPLE / "good").glob("*.png"))[:120]
-    cfg = preset_config("default", backbone="small", iterations=20, ae_epochs=2, batch_size=16, device="cpu", seed=7)
+    # 100 of the sample's good images (10 held out to calibrate), small batches: a real (short) run of every stage
+    paths = sorted((SAMPLE / "good").glob("*.png"))[:100]
+    cfg = preset_config("default", backbone="small", iterations=10, ae_epochs=2, batch_size=16, device="cpu", seed=7)
     out = tmp_path_factory.mktemp("determinism")
     fits = []
     threads = torch.get_num_threads()
@@ -44,7 +44,7 @@ def test_same_seed_same_split_csv(two_fits):
 def test_same_seed_identical_scores(two_fits):
     fits, _ = two_fits
     a, b = fits
-    assert np.array_equal(a.calibration_scores_, b.calibration_scores_)
+    assert len(a.calibration_scores_) == 10 and np.array_equal(a.calibration_scores_, b.calibration_scores_)
     assert a.train_log_ == b.train_log_
     incoming = sorted((SAMPLE / "incoming").glob("*.png"))[:40]
     sa, sb = a.score_samples(incoming), b.score_samples(incoming)

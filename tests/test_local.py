@@ -69,14 +69,19 @@ def parts(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def local_model(parts, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("local") / "model"
+def local_fit(parts):
+    """The default local model fitted on the parts' 40 good images (SMALL), in memory: shared, do not modify it."""
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
-    det = ICSDetector(config=preset_config("default", seed=0, **SMALL))
-    det.fit(parts["root"] / "good")
-    det.save(out)
+    return ICSDetector(config=preset_config("default", seed=0, **SMALL)).fit(parts["root"] / "good")
+
+
+@pytest.fixture(scope="session")
+def local_model(local_fit, tmp_path_factory) -> Path:
+    """local_fit saved as a bundle (with model.onnx). Do not modify it."""
+    out = tmp_path_factory.mktemp("local") / "model"
+    local_fit.save(out)
     return out
 
 
@@ -115,18 +120,19 @@ def test_auto_backbone_and_input_size_follow_the_images(local_model):
 
 
 @pytest.mark.slow
-def test_fused_calibration_puts_half_at_the_normal_quantile_of_out_of_fold_scores(parts):
+def test_fused_calibration_puts_half_at_the_normal_quantile_of_out_of_fold_scores(local_fit, parts):
     """The fused score's offset is fitted on the calibration normals' out-of-fold scores (all 40 here, in 5 folds):
     the (1 − ρ) quantile of them sits at 0.5 (logit 0). The model's own scores of those images, which it trained
     on, are lower: what calibrating on them would have promised too few false alarms for. And the scores
     calibration computes from stored components are those the scorer's forward pass gives."""
-    from icsscan import ICSDetector
-    from icsscan.config import preset_config
     from icsscan.data import find_images, load_images
     from icsscan.local import FloatBatches, component_values, scores_from_components
+    from icsscan.thresholds import CALIBRATION_MIN
 
-    det = ICSDetector(config=preset_config("default", seed=0, calibration_fraction=0.25, **SMALL))
-    det.fit(parts["root"] / "good")
+    # the session's default fit: with 40 images every calibration fraction (this test used 0.25) calibrates on
+    # all of them (at least CALIBRATION_MIN, at most n), in the same folds
+    det = local_fit
+    assert len(det.train_paths_) == 40 < CALIBRATION_MIN
     scores = np.clip(det.calibration_scores_, 1e-12, 1 - 1e-12)
     assert len(scores) == 40 and det.local_info_["calibration_folds"] == 5 and det.config_.local_aggregate == "fused"
     logit = np.log(scores) - np.log1p(-scores)
@@ -138,22 +144,6 @@ def test_fused_calibration_puts_half_at_the_normal_quantile_of_out_of_fold_score
     values, maps = component_values(det.scorer_, FloatBatches(loaded.images, 1, torch.device("cpu")), keep_maps=True)
     np.testing.assert_allclose(scores_from_components(det.scorer_, values, maps), det.score_samples(loaded.paths),
                                atol=1e-5)
-
-
-@pytest.mark.slow
-def test_one_calibration_fold_is_a_held_out_split(parts, monkeypatch):
-    """Where the calibration is one fold (folders of ~500 images and more; forced here on 40), the model is that
-    fold's model: fitted without the fold's images, so its own scores of them are the calibration scores."""
-    import icsscan.detector as detector
-    from icsscan import ICSDetector
-    from icsscan.config import preset_config
-
-    monkeypatch.setattr(detector, "calibration_folds", lambda n, fraction, seed: [np.arange(0, n, 5)])
-    det = ICSDetector(config=preset_config("default", seed=0, **SMALL)).fit(parts["root"] / "good")
-    assert (det.n_train_, det.n_calibration_, det.local_info_["calibration_folds"]) == (32, 8, 1)
-    assert not set(det.train_paths_) & set(det.calibration_paths_)
-    np.testing.assert_allclose(det.score_samples(det.calibration_paths_), det.out_of_fold_scores_, atol=1e-5)
-    assert det.local_info_["patch_ics_head_left_out"] is False  # one fold: the head's calibration is held out too
 
 
 @pytest.mark.slow
@@ -419,16 +409,27 @@ def test_synthetic_defect_masks_mark_one_small_defect_per_image():
 
 
 @pytest.mark.slow
-def test_ensemble_of_patch_heads_trains_saves_and_exports(parts, tmp_path):
+def test_ensemble_of_patch_heads_on_one_calibration_fold_trains_saves_and_exports(parts, tmp_path, monkeypatch):
     """patch_heads 2: two ICS heads on their own synthetic-defect draws, whose mean logit the map reads; the
-    bundle reloads with both (count_heads), scores as before saving, and exports to ONNX within parity."""
+    bundle reloads with both (count_heads), scores as before saving, and exports to ONNX within parity.
+
+    Fitted where the calibration is one fold (folders of ~500 images and more; forced here on 40): the model is
+    that fold's model, fitted without the fold's images, so its own scores of them are the calibration scores —
+    the heads' included (one fold: the head is allowed, and its calibration is held out too)."""
+    import icsscan.detector as detector
     from icsscan import ICSDetector
     from icsscan.config import preset_config
     from icsscan.bundle import export_model
     from icsscan.local import PatchICSEnsemble
 
+    monkeypatch.setattr(detector, "calibration_folds", lambda n, fraction, seed: [np.arange(0, n, 5)])
     det = ICSDetector(config=preset_config("default", seed=0, patch_heads=2, ics_gate=1.0, **SMALL))  # heads kept
     det.fit(parts["root"] / "good")
+    assert (det.n_train_, det.n_calibration_, det.local_info_["calibration_folds"]) == (32, 8, 1)
+    assert not set(det.train_paths_) & set(det.calibration_paths_)
+    np.testing.assert_allclose(det.score_samples(det.calibration_paths_), det.out_of_fold_scores_, atol=1e-5)
+    assert det.local_info_["patch_ics_head_left_out"] is False  # one fold: the head's calibration is held out too
+    assert det.local_info_["patch_heads_trained"] and det.fusion_["pics_weight"] > 0
     members = det.scorer_.head.members
     assert isinstance(det.scorer_.head, PatchICSEnsemble) and len(members) == 2
     assert not torch.equal(members[0].output.weight, members[1].output.weight)
@@ -722,40 +723,59 @@ def test_a_component_weighed_zero_is_not_computed_and_changes_nothing():
     assert scorer.silent == {"gknn"}
 
 
-def fused_after_fit_local(parts, cfg, train_first: bool) -> tuple[dict, np.ndarray, dict]:
-    """fit_local + fuse_local on the parts' good images: (fusion, held-out scores, info); train_first trains the
-    ICS heads before the fusion (the order before the gate was decided first)."""
+def fit_local_on_parts(parts, cfg, n: int) -> dict:
+    """fit_local on the first n of the parts' good images, with the calibration folds of `cfg`: what
+    fused_after_fit_local starts from (fit_local does not read the gate: one fit serves every gate)."""
     from icsscan.data import find_images, load_images
-    from icsscan.fusion import fuse_local
     from icsscan.local import FloatBatches, fit_local
     from icsscan.thresholds import calibration_folds
 
-    cpu = torch.device("cpu")
-    loaded = load_images(find_images(parts["root"] / "good"), (W, H))
-    fit_idx = np.arange(len(loaded.images))
+    loaded = load_images(find_images(parts["root"] / "good")[:n], (W, H))
     folds = calibration_folds(len(loaded.images), cfg.calibration_fraction, cfg.seed)
-    scorer, info, heads = fit_local(FloatBatches(loaded.images, cfg.channels, cpu), cfg, folds=folds)
+    fitted = fit_local(FloatBatches(loaded.images, cfg.channels, torch.device("cpu")), cfg, folds=folds)
+    return {"images": loaded.images, "folds": folds, "fitted": fitted}
+
+
+def fused_after_fit_local(on_parts: dict, cfg, train_first: bool) -> tuple[dict, np.ndarray, dict]:
+    """fuse_local on a fresh copy of fit_local's result (fit_local_on_parts): (fusion, held-out scores, info);
+    train_first trains the ICS heads before the fusion (the order before the gate was decided first; the heads'
+    training does not read the gate: trained once, then copied for each gate)."""
+    import copy
+
+    from icsscan.fusion import fuse_local
+
     if train_first:
-        heads.train(info)
-        heads = None
-    fusion, scores = fuse_local(scorer, loaded.images, fit_idx, folds, cfg, cpu, heads, info)
+        if "trained_first" not in on_parts:
+            scorer, info, heads = copy.deepcopy(on_parts["fitted"])  # scorer, bank, fold banks, heads: as fitted
+            heads.cfg = cfg
+            heads.train(info)
+            on_parts["trained_first"] = (scorer, info)
+        (scorer, info), heads = copy.deepcopy(on_parts["trained_first"]), None
+    else:
+        scorer, info, heads = copy.deepcopy(on_parts["fitted"])
+        heads.cfg = cfg
+    images, folds = on_parts["images"], on_parts["folds"]
+    fusion, scores = fuse_local(scorer, images, np.arange(len(images)), folds, cfg, torch.device("cpu"), heads, info)
     return fusion, scores, info
 
 
-def test_ics_head_gate_decided_before_training_gives_the_fusion_of_training_first(local_model, parts):
+def test_ics_head_gate_decided_before_training_gives_the_fusion_of_training_first(local_fit, parts):
     """The gate on the ICS head is read before the head is trained (fusion.fit_local_fusion): where it drops the
     head, the head is never trained and the fusion and held-out scores are those of training it first and
     dropping it after; where it keeps the head, the head is trained and the fusion is the same as well."""
     from dataclasses import replace
 
-    from icsscan import ICSDetector
-
-    cfg = replace(ICSDetector.load(local_model).config_, calibration_fraction=0.5)  # all 40, out of fold
-    knn_auc = fused_after_fit_local(parts, replace(cfg, ics_gate=1.0), True)[0]["knn_synthetic_auc"]
+    cfg = replace(local_fit.config_, calibration_fraction=0.5)  # all 20, out of fold (5 folds of 4)
+    on_parts = fit_local_on_parts(parts, cfg, 20)  # the order of gate and training is what is checked: 20 will do
+    # the kNN's AUC on the synthetic defects, read from the gate-0 fit (the head's training does not change it: the
+    # kNN's values are computed without the head)
+    gate_zero = fused_after_fit_local(on_parts, replace(cfg, ics_gate=0.0), False)
+    knn_auc = gate_zero[0]["knn_synthetic_auc"]
     assert knn_auc < 0.999  # so that a gate just above it (< 1) is read before the head's training, and keeps it
     for gate in (0.0, knn_auc + 1e-9):  # AUC ≥ 0: dropped; AUC just under the gate: kept
-        fusion, scores, info = fused_after_fit_local(parts, replace(cfg, ics_gate=gate), False)
-        want_fusion, want_scores, want_info = fused_after_fit_local(parts, replace(cfg, ics_gate=gate), True)
+        fusion, scores, info = (gate_zero if gate == 0.0 else
+                                fused_after_fit_local(on_parts, replace(cfg, ics_gate=gate), False))
+        want_fusion, want_scores, want_info = fused_after_fit_local(on_parts, replace(cfg, ics_gate=gate), True)
         dropped = gate == 0.0
         assert fusion["pics_redundant"] == want_fusion["pics_redundant"] == float(dropped)
         assert ("train_s" in info["timings"]) is not dropped and "train_s" in want_info["timings"]
