@@ -26,7 +26,7 @@ DATA_ROOT = Path(os.environ.get("ICSSCAN_DATA", REPO.parent / "shared" / "data")
 ICSSCAN = [sys.executable, "-m", "icsscan"]
 
 # Small settings that still train for real: used where a test needs *a* model, not a good one.
-TINY = dict(iterations=10, seed=0)
+TINY = dict(iterations=5, seed=0)
 
 
 def read_idx(path: Path) -> np.ndarray:

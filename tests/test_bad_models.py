@@ -115,6 +115,8 @@ def test_load_refuses_incomplete_bundle(missing, tiny_bundle, tmp_path):
         ICSDetector.load(bundle, device="cpu")
 
 
+# The `icsscan export` processes below import torch before they refuse (~7 s each): in the slow set.
+@pytest.mark.slow
 def test_export_of_incomplete_bundle_exits_3(tiny_bundle, tmp_path):
     bundle = bundle_copy(tiny_bundle, tmp_path)
     (bundle / "classifier.pt").unlink()
@@ -202,6 +204,7 @@ def test_load_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     assert not marker.exists(), "ICSDetector.load executed pickled code"
 
 
+@pytest.mark.slow  # `icsscan export` (imports torch)
 @pytest.mark.parametrize("name,kind", [("classifier.pt", "torch-zip"), ("parity_inputs.npy", "npy-object")])
 def test_cli_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     bundle = bundle_copy(tiny_bundle, tmp_path)
@@ -217,6 +220,7 @@ def test_cli_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # `icsscan export` (imports torch)
 @pytest.mark.parametrize("key,value", [
     ("fusion", "garbage"),
     ("fusion", {"ics_center": "not a number"}),

@@ -10,7 +10,7 @@ from icsscan.errors import NotFittedError, UsageError
 
 from conftest import mnist
 
-QUICK = dict(iterations=15, calibration_fraction=0.2, seed=0)
+QUICK = dict(iterations=5, calibration_fraction=0.2, seed=0)  # plumbing: a real fit, not a good model
 
 
 def test_constructor_only_stores_arguments():
@@ -89,6 +89,7 @@ def fitted_attributes(det) -> set[str]:
     return {k for k in vars(det) if k.endswith("_") and not k.startswith("_")}
 
 
+@pytest.mark.slow  # a fit (shared with the test above): not in the fast set
 def test_the_same_attributes_after_fit_and_after_load(zeros_fit, tmp_path):
     """What a fit leaves is there after load too (the image lists as None: the bundle stores only their hash);
     a fitted model and its loaded bundle score alike, and a clone of the fitted one refits from scratch."""

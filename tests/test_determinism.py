@@ -17,7 +17,7 @@ def two_fits(tmp_path_factory):
 
     # 100 of the sample's good images (10 held out to calibrate), small batches: a real (short) run of every stage
     paths = sorted((SAMPLE / "good").glob("*.png"))[:100]
-    cfg = preset_config("default", backbone="small", iterations=10, ae_epochs=2, batch_size=16, device="cpu", seed=7)
+    cfg = preset_config("default", backbone="small", iterations=5, ae_epochs=2, batch_size=16, device="cpu", seed=7)
     out = tmp_path_factory.mktemp("determinism")
     fits = []
     threads = torch.get_num_threads()

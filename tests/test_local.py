@@ -236,6 +236,7 @@ def test_local_onnx_outputs_score_and_map_equal_to_pytorch(local_model, parts):
     assert np.median(peaks[defective]) > hi > lo and np.median(peaks[~defective]) < hi
 
 
+@pytest.mark.slow  # needs the session's local model (a fit and an export): not in the fast set
 def test_local_model_on_cpu_runs_two_images_per_call_with_the_same_results(local_model, parts):
     """ScanModel.score_and_map runs a local model on CPU in calls of LOCAL_CPU_RUN_BATCH images (faster: the
     search's products stay in the caches) and gives what one call on the whole batch gives, in order."""
@@ -586,7 +587,7 @@ def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     assert bad.returncode == 2 and "--brightness" in bad.stderr
 
 
-
+@pytest.mark.slow  # a local fit, two saves and exports: not in the fast set
 def test_local_model_has_the_same_attributes_after_fit_and_after_load(parts, tmp_path):
     from icsscan import ICSDetector
     from icsscan.config import preset_config
@@ -759,6 +760,7 @@ def fused_after_fit_local(on_parts: dict, cfg, train_first: bool) -> tuple[dict,
     return fusion, scores, info
 
 
+@pytest.mark.slow  # a local fit and four fusions: not in the fast set
 def test_ics_head_gate_decided_before_training_gives_the_fusion_of_training_first(local_fit, parts):
     """The gate on the ICS head is read before the head is trained (fusion.fit_local_fusion): where it drops the
     head, the head is never trained and the fusion and held-out scores are those of training it first and

@@ -157,7 +157,9 @@ def test_design_card_two_commands(tmp_path):
     world-readable, and no lock or temporary file is left."""
     from test_outputs import assert_umask_modes
 
-    shutil.copytree(SAMPLE / "good", tmp_path / "good_parts")
+    (tmp_path / "good_parts").mkdir()  # 120 of the sample's 400 good images: AUC 0.971 (all 400: 0.978), 10 s sooner
+    for p in sorted((SAMPLE / "good").iterdir())[:120]:
+        shutil.copy(p, tmp_path / "good_parts" / p.name)
     shutil.copytree(SAMPLE / "incoming", tmp_path / "incoming")
     old_umask = os.umask(0o022)  # inherited by the CLI subprocesses
     try:
@@ -222,8 +224,8 @@ def test_formula_injection_names_are_neutralised(tiny_bundle, tmp_path):
     (["scan", "INCOMING", "--format", "pdf"], 2),
     (["scan", "INCOMING", "--model", "no-such-model"], 3),
     (["scan", "INCOMING", "--model", "GARBAGE"], 3),
-    (["train", "EMPTY"], 2),
-    (["export", "no-such-bundle"], 3),
+    pytest.param(["train", "EMPTY"], 2, marks=pytest.mark.slow),  # these two import torch before they refuse (~7 s)
+    pytest.param(["export", "no-such-bundle"], 3, marks=pytest.mark.slow),
 ])
 def test_exit_codes_and_one_line_errors(args, code, tiny_bundle, tmp_path):
     (tmp_path / "empty").mkdir()
