@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import IcsscanError, UsageError
+from .errors import IcsscanError, ModelError, UsageError
 
 EXIT_CODES = """Exit codes: 0 done (unreadable files are listed, not fatal) · 1 anomalies found with --fail-on-anomaly ·
 2 usage error (missing folder, no images, bad flag) · 3 model missing/invalid/incompatible · 4 internal error ·
@@ -133,7 +133,12 @@ def claim_out(out: Path, parent: bool = False) -> None:
     STATE["held"].enter_context(out_lock(out))
 
 
-def make_detector(preset: str, **kwargs):
+def make_detector(preset: str, folder: Path, **kwargs):
+    """An ICSDetector for `split` / `train`, once `folder` is known to hold images: importing torch and the
+    detector takes seconds, and a mistyped or empty folder should be refused at once."""
+    from .data import require_images
+
+    require_images(folder)
     from .detector import ICSDetector
     from .progress import training_progress
 
@@ -163,7 +168,7 @@ def split(
         claim_out(out)
         cfg = preset_config(preset, rho=rho, image_size=image_size, channels=channels, seed=seed, device=device,
                             workers=workers, ae_epochs=epochs or None)
-        det, progress = make_detector(preset, config=cfg)
+        det, progress = make_detector(preset, folder, config=cfg)
         with progress(det):
             det.fit_split(folder)
         det.save_split(out)
@@ -249,7 +254,7 @@ def train(
                             embed_size=embed_size or None, bank_size=bank_size or None, local_weights=chosen,
                             global_weights=None if chosen == "gated" else chosen,  # gated: local models only
                             normalise_brightness={"auto": "auto", "normalise": True, "keep": False}[brightness])
-        det, progress = make_detector(preset, config=cfg)
+        det, progress = make_detector(preset, folder, config=cfg)
         with progress(det):
             det.fit(folder, split=split_csv, defects=defects)
         from .plots import save_loss_curve
@@ -304,11 +309,13 @@ def export(
 ) -> None:
     """Export the bundle's scorer to ONNX (raw score, dynamic batch) and check parity with PyTorch."""
     with errors_as_exit_codes():
+        if opset < 11:
+            raise UsageError(f"--opset {opset}: icsscan needs opset ≥ 11")
+        if not model_dir.is_dir():  # before the seconds torch takes to import (bundle.load says the same)
+            raise ModelError(f"{model_dir}: model folder not found")
         from .bundle import export_model
         from .detector import ICSDetector
 
-        if opset < 11:
-            raise UsageError(f"--opset {opset}: icsscan needs opset ≥ 11")
         det = ICSDetector.load(model_dir, device="cpu")
         target = output or (model_dir / "model.onnx")
         diff = export_model(det, target, opset=opset)

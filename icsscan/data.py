@@ -338,10 +338,15 @@ def input_shape(X) -> tuple[int, int]:
         if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[-1] not in (1, 3):
             return int(X.shape[3]), int(X.shape[2])
         return (int(X.shape[2]), int(X.shape[1])) if X.ndim > 2 else (1, 1)
+    return typical_shape(require_images(X)) or (64, 64)
+
+
+def require_images(X) -> list[Path]:
+    """The image paths of a folder, file or list; a usage error when there are none."""
     paths = list_inputs(X)
     if not paths:
         raise UsageError(f"{X}: no image files found ({', '.join(IMAGE_EXTENSIONS)}, any letter case)")
-    return typical_shape(paths) or (64, 64)
+    return paths
 
 
 def local_input_size(shape: tuple[int, int], long_side: int = 0, min_side: int = 224,

@@ -35,13 +35,26 @@ def percentile_of(scores: Iterable[float | None], calibration: np.ndarray) -> li
 
 
 def threshold_for_rate(calibration_sorted: np.ndarray, rate: float, where: str = "this model") -> float:
-    """The score above which about `rate` of normal images fall; `where` names the model in the error."""
+    """The lowest threshold that flags at most `rate` of the calibration images (flagged: score ≥ threshold);
+    `where` names the model in the error.
+
+    At most, not about: with 50 calibration images a 5 % rate allows 2 of them, and the (1 − rate) quantile
+    (what this was) flagged 3, 6 %. Tied scores move the threshold above the tie; when not even one image may be
+    flagged (rate < 1/n), it sits just above the highest score."""
     if not 0 < rate < 1:
         raise UsageError(f"--false-alarm-rate must be between 0 and 1, got {rate}")
-    if len(calibration_sorted) == 0:
+    scores = np.sort(np.asarray(calibration_sorted, dtype=np.float64).reshape(-1))
+    if len(scores) == 0:
         raise ModelError(f"{where} has no calibration scores (trained with --calibration-fraction 0): "
                          "use --threshold instead of --false-alarm-rate")
-    return float(np.quantile(calibration_sorted, 1 - rate, method="higher"))
+    allowed = int(np.floor(rate * len(scores) + 1e-9))  # images that may score at or above it
+    if allowed == 0:
+        return float(np.nextafter(scores[-1], np.inf))
+    threshold = scores[len(scores) - allowed]
+    if np.count_nonzero(scores >= threshold) > allowed:  # ties below: the next higher score, if any
+        higher = scores[scores > threshold]
+        threshold = higher[0] if len(higher) else np.nextafter(scores[-1], np.inf)
+    return float(threshold)
 
 
 def resolve_threshold(model: Any, threshold: float | str | None, false_alarm_rate: float | None) -> tuple[float, str]:

@@ -8,6 +8,7 @@ fitting (~3x eager PyTorch on the CPU).
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -73,11 +74,11 @@ def fixed_same_padding(module: nn.Module):
     plain-layout tensors force layout reorders around it (casting, 304 px: Pad + reorders 4.0 of 17 ms per
     image). Our graphs have a fixed spatial size anyway (only the batch is dynamic); the arithmetic is the
     same pad then convolution, so PyTorch's values do not change."""
-    try:
-        from timm.layers.conv2d_same import Conv2dSame
-    except ImportError:  # no timm, no TF-style convolutions to fix
+    if "timm" not in sys.modules:  # a module built without timm holds none of its layers; importing it costs ~4 s
         yield
         return
+    from timm.layers.conv2d_same import Conv2dSame
+
     convs = [m for m in module.modules() if isinstance(m, Conv2dSame)]
     for m in convs:
         m.forward = _fixed_pad_forward(m)
