@@ -29,12 +29,18 @@ demo: install
 	$(VENV)/bin/icsscan scan sample_data/incoming --model demo-out/model --out demo-out/report --false-alarm-rate 0.05 --format csv,json,junit --force
 	$(PY) tools/demo_auc.py demo-out/report/scores.csv sample_data/labels.csv
 
-test: install browser
-	$(PY) -m pytest -q
+# Two test processes (pytest-xdist), each test file in one of them so module-scoped fixtures (the Ray cluster) are
+# built once, the longest files first (their order: tests/conftest.py, which also sets one compute thread per
+# process). `make test TEST_WORKERS=0`: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-# Unit tests and one end-to-end run (train + scan on sample_data): a few minutes; `make test` runs everything.
+test: install browser
+	$(PYTEST)
+
+# Unit tests and one end-to-end run (train + scan on sample_data): under 2 minutes; `make test` runs everything.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf demo-out icsscan-model icsscan-report .pytest_cache

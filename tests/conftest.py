@@ -74,15 +74,35 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
                           env=full_env)
 
 
+def run_cli_here(*args, cwd: Path | None = None):
+    """The CLI run in this process by typer's CliRunner: the same command code, exit code, stdout and stderr as
+    `python -m icsscan ARGS`, without a fresh interpreter's 6-11 s of importing torch, scikit-learn and (once an
+    optimizer runs) torch's compiler. For tests of what a torch-importing command (train, split, export) says and
+    returns; signals, umask, environment, library warnings on stderr, import isolation and the `python -m` exit
+    path need run_cli's real process."""
+    from typer.testing import CliRunner
+
+    from icsscan.cli import app
+
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["icsscan", *map(str, args)], result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.fixture(scope="session")
 def mnist_zero_folders(tmp_path_factory) -> dict[str, Path]:
-    """MNIST digit 0 as PNGs: train/good (1,000 training zeros); test/normal (200 test zeros) and
+    """MNIST digit 0 as PNGs: train/good (500 training zeros); test/normal (200 test zeros) and
     test/anomalous (200 other test digits); labels[path] = 1 for anomalies."""
     x_tr, y_tr = mnist("MNIST", True)
     x_te, y_te = mnist("MNIST", False)
     root = tmp_path_factory.mktemp("mnist0")
     rng = np.random.default_rng(0)
-    write_pngs(root / "train" / "good", x_tr[y_tr == 0][:1000], "zero")
+    write_pngs(root / "train" / "good", x_tr[y_tr == 0][:500], "zero")
     normal = write_pngs(root / "test" / "normal", x_te[y_te == 0][:200], "zero")
     others = rng.choice(np.flatnonzero(y_te != 0), 200, replace=False)
     anomalous = write_pngs(root / "test" / "anomalous", x_te[others], "other")
@@ -92,12 +112,15 @@ def mnist_zero_folders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    """A real model bundle (with model.onnx) trained briefly on sample_data/good. Do not modify it."""
+    """A real model bundle (with model.onnx) trained briefly on sample_data/good. Do not modify it.
+
+    Plumbing only, no test reads its quality: the ICS score alone, whose graph scans 3x faster than the small
+    backbone's four-part default (5,000 tiny files: 1,630 vs 540 images/s), which many scans here run."""
     from icsscan import ICSDetector
     from icsscan.config import preset_config
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    cfg = preset_config("default", ae_epochs=1, backbone="small", **TINY)  # plumbing only: no test reads its quality
+    cfg = preset_config("default", ae_epochs=1, backbone="small", score="ics", **TINY)
     ICSDetector(config=cfg).fit(SAMPLE / "good").save(out)
     return out
 
@@ -105,3 +128,16 @@ def tiny_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_bundle) -> Path:
     return tiny_bundle / "model.onnx"
+
+
+# `make test` runs two pytest-xdist processes, each taking whole files (--dist loadfile), two at the start and
+# the next as one ends. Files in this order, the longest first (seconds of one process, `--durations`, 2026-12-07),
+# so that the two finish together instead of one running a long file alone at the end; the rest follow in their
+# usual order. Within a file the order is unchanged.
+LONGEST_FIRST = ("test_local.py", "test_train_scan_e2e.py", "test_ray_engine.py", "test_known_defects.py",
+                 "test_hostile.py", "test_interrupt.py", "test_embed.py", "test_bad_models.py", "test_scorer.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SAMPLE, run_cli
+from conftest import SAMPLE, run_cli, run_cli_here
 from icsscan.errors import ModelError
 
 INCOMING = SAMPLE / "incoming"
@@ -115,12 +115,11 @@ def test_load_refuses_incomplete_bundle(missing, tiny_bundle, tmp_path):
         ICSDetector.load(bundle, device="cpu")
 
 
-# The `icsscan export` processes below import torch before they refuse (~7 s each): in the slow set.
-@pytest.mark.slow
+# `icsscan export` runs in this process (run_cli_here): a fresh one would spend ~7 s importing torch first.
 def test_export_of_incomplete_bundle_exits_3(tiny_bundle, tmp_path):
     bundle = bundle_copy(tiny_bundle, tmp_path)
     (bundle / "classifier.pt").unlink()
-    r = run_cli("export", bundle, "--output", tmp_path / "m.onnx")
+    r = run_cli_here("export", bundle, "--output", tmp_path / "m.onnx")
     assert r.returncode == 3, r.stderr
     assert "classifier.pt" in one_line_error(r)
     assert not (tmp_path / "m.onnx").exists()
@@ -204,13 +203,12 @@ def test_load_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     assert not marker.exists(), "ICSDetector.load executed pickled code"
 
 
-@pytest.mark.slow  # `icsscan export` (imports torch)
 @pytest.mark.parametrize("name,kind", [("classifier.pt", "torch-zip"), ("parity_inputs.npy", "npy-object")])
 def test_cli_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     bundle = bundle_copy(tiny_bundle, tmp_path)
     marker = tmp_path / "PWNED"
     plant(kind, bundle / name, marker)
-    r = run_cli("export", bundle, "--output", tmp_path / "out.onnx")
+    r = run_cli_here("export", bundle, "--output", tmp_path / "out.onnx")
     assert r.returncode == 3, r.stderr
     assert name in one_line_error(r)
     assert not marker.exists() and not (tmp_path / "out.onnx").exists()
@@ -220,7 +218,6 @@ def test_cli_never_runs_a_planted_pickle(name, kind, tiny_bundle, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.slow  # `icsscan export` (imports torch)
 @pytest.mark.parametrize("key,value", [
     ("fusion", "garbage"),
     ("fusion", {"ics_center": "not a number"}),
@@ -235,7 +232,7 @@ def test_malformed_fusion_or_threshold_is_a_model_error(key, value, tiny_bundle,
     meta = json.loads((bundle / "config.json").read_text())
     meta[key] = value
     (bundle / "config.json").write_text(json.dumps(meta))
-    r = run_cli("export", bundle, "--output", tmp_path / "m.onnx")
+    r = run_cli_here("export", bundle, "--output", tmp_path / "m.onnx")
     assert r.returncode == 3, r.stderr
     line = one_line_error(r)
     assert "config.json" in line and "fusion or threshold" in line

