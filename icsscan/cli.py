@@ -136,9 +136,9 @@ def claim_out(out: Path, parent: bool = False) -> None:
 def make_detector(preset: str, folder: Path, **kwargs):
     """An ICSDetector for `split` / `train`, once `folder` is known to hold images: importing torch and the
     detector takes seconds, and a mistyped or empty folder should be refused at once."""
-    from .data import require_images
+    from .data import require_an_image
 
-    require_images(folder)
+    require_an_image(folder)
     from .detector import ICSDetector
     from .progress import training_progress
 

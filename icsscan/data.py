@@ -349,6 +349,13 @@ def require_images(X) -> list[Path]:
     return paths
 
 
+def require_an_image(root: str | os.PathLike) -> None:
+    """require_images' refusal of a folder or file, found without listing it all: the walk stops at the first
+    image (the fit lists the folder itself; a CLI checks this first, before importing torch)."""
+    if not (Path(root).exists() and next(iter_images(root), None) is not None):
+        require_images(root)  # raises: no such file or folder, or no image files found
+
+
 def local_input_size(shape: tuple[int, int], long_side: int = 0, min_side: int = 224,
                      max_side: int = 640) -> tuple[int, int]:
     """(width, height) for a local model: the images' aspect ratio kept, the long side at `long_side` or else
